@@ -1,0 +1,34 @@
+# Two entry points do all set-up on a fresh machine with Python >= 3.10:
+#   make demo   - creates .venv, installs focalkit, runs the main job
+#   make test   - creates .venv, installs focalkit + test tools, runs lint and the test suite
+# torch is pinned here (not in the package) so a fresh machine takes the CPU build on disk
+# instead of pulling a multi-GB CUDA build; the package itself declares torch>=2.3.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_PIN ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench figure clean
+
+$(BIN)/.focalkit-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet -e ".[all,dev]"
+	touch $@
+
+demo: $(BIN)/.focalkit-installed
+	$(BIN)/focalkit demo $(ARGS)
+
+figure: $(BIN)/.focalkit-installed
+	$(BIN)/focalkit plot focal-curves $(ARGS)
+
+test: $(BIN)/.focalkit-installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q -n 2 $(ARGS)
+
+bench: $(BIN)/.focalkit-installed
+	$(BIN)/python benchmarks/bench_cpu.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,67 @@
+"""One reduction for every loss: elementwise weight, then "none" | "mean" | "sum" | normalizer."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import check_broadcastable_to
+
+
+def safe_divide(total: Tensor, denominator: float | Tensor) -> Tensor:
+    """``total / denominator`` with a zero denominator read as 1 (an empty mean is 0, not NaN)."""
+    if isinstance(denominator, Tensor):
+        denominator = denominator.to(total.dtype)
+        return total / torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+    return total / (denominator if denominator != 0 else 1)
+
+
+def normalize(total: Tensor, normalizer: float | Tensor) -> Tensor:
+    """Detection convention: ``sum / max(normalizer, 1)``; a zero normalizer never gives inf/NaN."""
+    if isinstance(normalizer, Tensor):
+        return total / normalizer.detach().to(total.dtype).reshape(()).clamp(min=1)
+    return total / max(float(normalizer), 1.0)
+
+
+def finish(
+    total: Tensor,
+    reduction: str,
+    *,
+    normalizer: float | Tensor | None = None,
+    denominator: float | Tensor | None = None,
+) -> Tensor:
+    """Turn a summed loss into the requested reduction (``reduction`` is "mean" or "sum")."""
+    if reduction == "sum":
+        return total
+    if normalizer is not None:
+        return normalize(total, normalizer)
+    return safe_divide(total, 1 if denominator is None else denominator)
+
+
+def reduce_loss(
+    loss: Tensor,
+    reduction: str,
+    *,
+    weight: Tensor | None = None,
+    normalizer: float | Tensor | None = None,
+    denominator: float | Tensor | None = None,
+) -> Tensor:
+    """Reduce an elementwise ``loss``.
+
+    ``weight`` multiplies elementwise and must broadcast to ``loss.shape`` without changing it.
+    "mean" divides the weighted sum by ``denominator`` (default: ``loss.numel()``, i.e. the
+    number of elements, not the sum of weights — the torchvision/mmdetection convention) and
+    ``normalizer`` replaces that by ``sum / max(normalizer, 1)``.
+    Reductions over an empty loss return a zero that is still connected to the graph.
+    """
+    if weight is not None:
+        check_broadcastable_to("weight", weight, loss.shape)
+        loss = loss * weight.to(loss.dtype)
+    if reduction == "none":
+        return loss
+    return finish(
+        loss.sum(),
+        reduction,
+        normalizer=normalizer,
+        denominator=loss.numel() if denominator is None else denominator,
+    )

@@ -1,0 +1,755 @@
+"""Focal loss family: sigmoid (binary, multi-label, class-index) and softmax focal loss.
+
+Both losses compute their value *and* their analytic gradient in one pass in float32
+(custom ``torch.autograd.Function``), so backward is a multiplication by ``grad_output``.
+The gradient formulas are written so that ``(1 - p_t)^(gamma - 1)`` never appears on its own:
+it is always multiplied by a factor that vanishes at least as fast, which keeps the gradient
+finite for every ``gamma >= 0`` (including ``0 < gamma < 1``) at ``|logit| = 100`` in
+float32, float16 and bfloat16.
+
+Reference: T.-Y. Lin, P. Goyal, R. Girshick, K. He, P. Dollár, "Focal Loss for Dense Object
+Detection", ICCV 2017, https://arxiv.org/abs/1708.02002.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._checks import (
+    check_alpha,
+    check_broadcastable_to,
+    check_floating,
+    check_nonnegative,
+    check_normalizer,
+    check_reduction,
+    check_tensor,
+    check_values_in_unit_interval,
+)
+from .._compat import compute_dtype, is_compiling, may_read_values, output_dtype
+from .._reduce import finish
+from ._targets import SigmoidTargets, parse_sigmoid_targets
+
+__all__ = [
+    "class_balanced_weights",
+    "prior_bias",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
+]
+
+Gamma = float | str | Tensor
+Alpha = float | Sequence[float] | Tensor | None
+
+# Elements per chunk on the eager CPU path: small enough that the ~10 temporaries of one chunk
+# stay in cache, large enough that each op still splits across threads. Measured by
+# benchmarks/bench_cpu.py; torch.compile and accelerators process the tensor in one piece.
+CHUNK_ELEMENTS = 1 << 16
+FLSD_THRESHOLD = 0.2  # Mukhoti et al.: gamma = 5 if p_t < 0.2 else 3
+_TINY = 1e-30
+
+
+# --------------------------------------------------------------------------------------------
+# argument handling shared by both losses
+# --------------------------------------------------------------------------------------------
+
+
+def _check_gamma(gamma: Gamma) -> Gamma:
+    if isinstance(gamma, str):
+        if gamma == "flsd53":
+            return gamma
+        if gamma == "auto":
+            raise ValueError(
+                "gamma: 'auto' keeps a running estimate across batches, so it needs the Module "
+                "(SigmoidFocalLoss(gamma='auto') or SoftmaxFocalLoss(gamma='auto')), "
+                "not the function"
+            )
+        raise ValueError(f"gamma: expected a number >= 0 or 'flsd53', got {gamma!r}")
+    if isinstance(gamma, Tensor):
+        if gamma.dim() != 0 or not gamma.is_floating_point():
+            raise ValueError(
+                f"gamma: expected a number >= 0, 'flsd53' or a 0-dim float tensor, "
+                f"got a {gamma.dtype} tensor of shape {tuple(gamma.shape)}"
+            )
+        return gamma.detach()
+    check_nonnegative("gamma", gamma)
+    return float(gamma)
+
+
+def _alpha_tensor(alpha: Alpha, num_classes: int, device: torch.device) -> Tensor | None:
+    """alpha as a float32 tensor (0-dim or (C,)) on ``device``, or None."""
+    if alpha is None:
+        return None
+    if not isinstance(alpha, (Tensor, int, float)):
+        alpha = torch.as_tensor(alpha, dtype=torch.float32)
+    check_alpha(alpha, num_classes)
+    return torch.as_tensor(alpha, dtype=torch.float32, device=device).detach()
+
+
+class _GammaPlan(NamedTuple):
+    value: float  # used when tensor is None and not flsd
+    tensor: Tensor | None  # a 0-dim tensor gamma (e.g. the running "auto" estimate)
+    flsd: bool
+
+    @classmethod
+    def of(cls, gamma: Gamma) -> _GammaPlan:
+        if isinstance(gamma, str):
+            return cls(0.0, None, True)
+        if isinstance(gamma, Tensor):
+            return cls(0.0, gamma.float(), False)
+        return cls(float(gamma), None, False)
+
+    def for_q(self, q: Tensor) -> float | Tensor:
+        """gamma as used on elements whose ``1 - p_t`` is ``q`` (a float or a tensor)."""
+        if self.flsd:
+            # p_t < 0.2  <=>  q > 0.8; the step is piecewise constant, so d gamma / d x = 0.
+            return torch.where(q > 1 - FLSD_THRESHOLD, 5.0, 3.0)
+        if self.tensor is not None:
+            return self.tensor.to(q.device)
+        return self.value
+
+
+def _modulator(q: Tensor, gamma: float | Tensor) -> Tensor | None:
+    """``q ** gamma``, or None for gamma == 0 (a Python float)."""
+    if isinstance(gamma, float):
+        if gamma == 0:
+            return None
+        if gamma == 1:
+            return q
+    return q.pow(gamma)
+
+
+def _times(t: Tensor, factor: Tensor | None) -> Tensor:
+    return t if factor is None else t * factor
+
+
+# --------------------------------------------------------------------------------------------
+# sigmoid focal loss: elementwise terms
+# --------------------------------------------------------------------------------------------
+
+
+def _hard_terms(
+    z: Tensor, gamma: _GammaPlan, alpha_t: Tensor | None, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Loss and d loss / d z for hard targets written as ``z = x`` (negatives) or ``-x``
+    (positives): ``p_t = sigmoid(-z)``, ``q = 1 - p_t = sigmoid(z)``, ``BCE = softplus(z)``.
+
+        L      = a q^g softplus(z)
+        dL/dz  = a q^g (g (1 - q) softplus(z) + q)
+    """
+    q = torch.sigmoid(z)
+    bce = F.softplus(z)
+    g = gamma.for_q(q)
+    mod = _modulator(q, g)
+    loss = _times(_times(bce, mod), alpha_t)
+    if not need_grad:
+        return loss, None
+    if isinstance(g, float) and g == 0:
+        grad = q
+    else:
+        one_minus_q = torch.sigmoid(-z)  # accurate where q -> 1
+        if isinstance(g, float):
+            grad = torch.addcmul(q, one_minus_q, bce, value=g)
+        else:
+            grad = torch.addcmul(q, one_minus_q * bce, g)
+        grad = _times(grad, mod)
+    return loss, _times(grad, alpha_t)
+
+
+def _soft_terms(
+    x: Tensor,
+    y: Tensor,
+    gamma: _GammaPlan,
+    alpha_pos: Tensor | None,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Loss and d loss / d x for soft targets ``y`` in [0, 1] (y held fixed):
+
+        q   = 1 - p_t = p (1 - y) + (1 - p) y,      BCE = (1 - y) softplus(x) + y softplus(-x)
+        L   = a_t q^g BCE,                          a_t = alpha y + (1 - alpha)(1 - y)
+        dL/dx = a_t q^g (g r (1 - 2y) BCE + p - y), r = p (1 - p) / q  (0 <= r <= 1)
+
+    ``r`` replaces ``q^(g-1) p (1-p)`` by ``q^g r``, which is finite for every gamma >= 0.
+    """
+    nx = torch.neg(x)
+    p = torch.sigmoid(x)
+    omp = torch.sigmoid(nx)
+    q = torch.lerp(p, omp, y)
+    bce = torch.lerp(F.softplus(x), F.softplus(nx), y)
+    alpha_t = None if alpha_pos is None else torch.lerp(1 - alpha_pos, alpha_pos, y)
+    g = gamma.for_q(q)
+    mod = _modulator(q, g)
+    loss = _times(_times(bce, mod), alpha_t)
+    if not need_grad:
+        return loss, None
+    grad = p - y
+    if not (isinstance(g, float) and g == 0):
+        r = torch.mul(p, omp).div_(q.clamp(min=_TINY))
+        r.mul_(torch.add(y, -0.5).mul_(-2.0))  # r (1 - 2y)
+        if isinstance(g, float):
+            grad.addcmul_(r, bce, value=g)
+        else:
+            grad.addcmul_(r.mul_(bce), g)
+        grad = _times(grad, mod)
+    return loss, _times(grad, alpha_t)
+
+
+def _index_terms(
+    x: Tensor,
+    labels: Tensor,
+    valid: Tensor,
+    gamma: _GammaPlan,
+    alpha_pos: Tensor | None,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Class-index targets on an (R, C) chunk without a one-hot tensor: every element is
+    computed as a negative, then the (at most one per row) positive is gathered, recomputed
+    with ``z = -x`` and scattered back; ignored rows are zeroed."""
+    num_classes = x.shape[-1]
+    alpha_neg = None if alpha_pos is None else 1 - alpha_pos
+    loss, grad = _hard_terms(x, gamma, alpha_neg, need_grad)
+
+    is_pos = (labels >= 0) & (labels < num_classes) & valid
+    col = labels.clamp(0, num_classes - 1).unsqueeze(-1)
+    x_pos = x.gather(-1, col)
+    a_pos = None
+    if alpha_pos is not None:
+        a_pos = alpha_pos.expand(num_classes)[col] if alpha_pos.dim() else alpha_pos
+    loss_pos, grad_pos = _hard_terms(torch.neg(x_pos), gamma, a_pos, need_grad)
+    pos = is_pos.unsqueeze(-1)
+    row_valid = valid.unsqueeze(-1).to(x.dtype)
+    loss = loss.scatter(-1, col, torch.where(pos, loss_pos, loss.gather(-1, col)))
+    loss = loss.mul_(row_valid)
+    if grad is not None:
+        grad = grad.scatter(-1, col, torch.where(pos, grad_pos.neg(), grad.gather(-1, col)))
+        grad = grad.mul_(row_valid)
+    return loss, grad
+
+
+# --------------------------------------------------------------------------------------------
+# sigmoid focal loss: chunked driver and autograd.Function
+# --------------------------------------------------------------------------------------------
+
+
+class _SigmoidSpec(NamedTuple):
+    gamma: _GammaPlan
+    reduce_sum: bool  # True: return the (weighted) sum; False: the elementwise loss
+    index_form: bool
+
+
+def _rows_per_chunk(rows: int, cols: int, device: torch.device) -> int:
+    if is_compiling() or device.type != "cpu":
+        return max(rows, 1)
+    return max(1, CHUNK_ELEMENTS // max(cols, 1))
+
+
+def _sigmoid_forward(
+    logits: Tensor,
+    target: Tensor,
+    valid: Tensor | None,
+    weight: Tensor | None,
+    alpha_pos: Tensor | None,
+    spec: _SigmoidSpec,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Loss (sum or elementwise, compute dtype) and gradient (compute dtype) of the sigmoid
+    focal loss, processing rows of the (R, C) view in cache-sized chunks."""
+    cdtype = compute_dtype(logits)
+    cols = logits.shape[-1] if logits.dim() else 1
+    x2 = logits.reshape(-1, cols)
+    rows = x2.shape[0]
+    t2 = target.reshape(rows) if spec.index_form else target.reshape(rows, cols)
+    v2 = None if valid is None else valid.reshape(rows) if spec.index_form else valid.reshape(rows, cols)
+    w2 = None if weight is None else weight.expand(logits.shape).reshape(rows, cols)
+
+    grad = torch.empty((rows, cols), dtype=cdtype, device=logits.device) if need_grad else None
+    out = None if spec.reduce_sum else torch.empty((rows, cols), dtype=cdtype, device=logits.device)
+    total = torch.zeros((), dtype=cdtype, device=logits.device)
+    step = _rows_per_chunk(rows, cols, logits.device)
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        xs = x2[start:stop].to(cdtype)
+        if spec.index_form:
+            loss, g = _index_terms(xs, t2[start:stop], v2[start:stop], spec.gamma, alpha_pos, need_grad)
+        else:
+            ys = t2[start:stop].to(cdtype)
+            loss, g = _soft_terms(xs, ys, spec.gamma, alpha_pos, need_grad)
+            if v2 is not None:
+                vs = v2[start:stop].to(cdtype)
+                loss = loss * vs
+                g = None if g is None else g * vs
+        if w2 is not None:
+            ws = w2[start:stop].to(cdtype)
+            loss = loss * ws
+            g = None if g is None else g * ws
+        if spec.reduce_sum:
+            total = total + loss.sum()
+        else:
+            out[start:stop] = loss
+        if g is not None:
+            grad[start:stop] = g
+    if grad is not None:
+        grad = grad.reshape(logits.shape)
+    return (total if spec.reduce_sum else out.reshape(logits.shape)), grad
+
+
+class _SigmoidFocalFunction(torch.autograd.Function):
+    """Forward returns the loss and stores its gradient; backward scales it by grad_output.
+
+    ``weight`` may require grad (d loss / d weight is the unweighted loss, recomputed);
+    targets, alpha and gamma are constants.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, valid, weight, alpha_pos, spec: _SigmoidSpec):
+        need_grad = ctx.needs_input_grad[0]
+        loss, grad = _sigmoid_forward(logits, target, valid, weight, alpha_pos, spec, need_grad)
+        ctx.spec = spec
+        ctx.logits_dtype = logits.dtype
+        ctx.save_for_backward(grad, logits, target, valid, weight, alpha_pos)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad, logits, target, valid, weight, alpha_pos = ctx.saved_tensors
+        grad_logits = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_logits = (grad * grad_output).to(ctx.logits_dtype)
+        if ctx.needs_input_grad[3]:
+            spec = ctx.spec._replace(reduce_sum=False)
+            unweighted, _ = _sigmoid_forward(logits, target, valid, None, alpha_pos, spec, False)
+            g = unweighted * grad_output
+            # sum over the dimensions that weight was broadcast along
+            grad_weight = g.sum_to_size(weight.shape).to(weight.dtype)
+        return grad_logits, None, None, grad_weight, None, None
+
+
+def sigmoid_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    alpha: Alpha = 0.25,
+    gamma: Gamma = 2.0,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    normalizer: float | Tensor | None = None,
+    validate: bool | None = None,
+) -> Tensor:
+    r"""Sigmoid focal loss (binary, multi-label, or RetinaNet-style class-index targets).
+
+    .. math::
+
+        \mathrm{FL}(p_t) = -\alpha_t (1 - p_t)^{\gamma} \log(p_t),\quad
+        p = \sigma(x),\; p_t = p y + (1 - p)(1 - y),\;
+        \alpha_t = \alpha y + (1 - \alpha)(1 - y)
+
+    ``log(p_t)`` is computed as BCE-with-logits (softplus form), never ``log(sigmoid(x))``;
+    the gradient is analytic and finite for every ``gamma >= 0`` at any logit.
+
+    Args:
+        logits: ``(*, C)`` pre-sigmoid scores, any floating dtype (computed in float32,
+            returned in the input dtype; float32 under autocast).
+        targets: either a floating tensor of the logits' shape (binary or soft targets in
+            [0, 1]; an integer/bool tensor of that shape is read as hard 0/1 labels with
+            ``ignore_index`` entries ignored), or an integer tensor of shape ``(*)`` holding per
+            row a class in ``[0, C)`` (positive for that column), ``C`` (background: all
+            columns negative) or ``ignore_index`` (row ignored). The index form gives the same
+            values and gradients as the one-hot form without building it.
+        alpha: weight of the positive class (``1 - alpha`` for negatives); a float, a tensor of
+            shape ``(C,)`` (per class), or ``None`` for no weighting. Default 0.25 (RetinaNet).
+        gamma: focusing parameter ``>= 0`` (default 2), ``"flsd53"`` (Mukhoti et al. 2020:
+            5 where ``p_t < 0.2``, else 3) or a 0-dim tensor (treated as a constant).
+        weight: elementwise weight broadcastable to the logits' shape (never broadcasting the
+            loss to a larger shape).
+        ignore_index: label value (index or integer dense form) that contributes nothing.
+        reduction: ``"none"`` (the logits' shape), ``"mean"`` (over non-ignored elements) or
+            ``"sum"``.
+        normalizer: if given, return ``sum / max(normalizer, 1)`` (detection convention: the
+            number of positive anchors). Only with ``reduction="mean"``.
+        validate: ``True`` checks target values (a device sync); ``None`` (default) checks
+            class indices only where it is free (CPU, eager); ``False`` checks nothing.
+
+    Returns:
+        A scalar, or the logits' shape for ``reduction="none"``.
+
+    Reference:
+        Lin et al., "Focal Loss for Dense Object Detection", https://arxiv.org/abs/1708.02002
+
+    Example:
+        >>> import torch, focalkit as fk
+        >>> logits = torch.tensor([[-2.0, 0.0, 3.0]])
+        >>> targets = torch.tensor([[0.0, 1.0, 1.0]])
+        >>> fk.sigmoid_focal_loss(logits, targets, reduction="none")
+        tensor([[1.3527e-03, 4.3322e-02, 2.7321e-05]])
+        >>> labels = torch.tensor([1, 3])  # row 0: class 1; row 1: background (C = 3)
+        >>> fk.sigmoid_focal_loss(torch.zeros(2, 3), labels, normalizer=1.0)
+        tensor(0.6931)
+    """
+    check_floating("logits", logits)
+    check_tensor("targets", targets)
+    check_reduction(reduction)
+    check_normalizer(normalizer, reduction)
+    gamma = _check_gamma(gamma)
+    parsed: SigmoidTargets = parse_sigmoid_targets(logits, targets, ignore_index, validate)
+    alpha_pos = _alpha_tensor(alpha, parsed.num_classes, logits.device)
+    if weight is not None:
+        check_tensor("weight", weight)
+        check_broadcastable_to("weight", weight, logits.shape)
+    out_dtype = output_dtype(logits)
+    spec = _SigmoidSpec(_GammaPlan.of(gamma), reduction != "none", parsed.is_index)
+    if parsed.is_index:
+        target, valid = parsed.labels, parsed.valid_rows
+    else:
+        target, valid = parsed.dense, parsed.dense_valid
+    with torch.autocast(logits.device.type, enabled=False):
+        loss = _SigmoidFocalFunction.apply(logits, target, valid, weight, alpha_pos, spec)
+        if reduction != "none":
+            loss = finish(
+                loss,
+                reduction,
+                normalizer=normalizer,
+                denominator=parsed.valid_count(logits.numel()),
+            )
+    return loss.to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# softmax focal loss
+# --------------------------------------------------------------------------------------------
+
+
+def _softmax_focal_terms(
+    logp: Tensor, gamma: _GammaPlan
+) -> tuple[Tensor, Tensor]:
+    """For each log-probability: the focal term ``ell = -(1-p)^g log p`` and
+    ``G = (1-p)^g - g (1-p)^(g-1) p log p`` (so that d ell / d x_j = G (p_j - [j = c])).
+
+    ``(1-p)^(g-1) log p`` is written ``(1-p)^g * (log p / (1-p))`` with the ratio -> -1 as
+    p -> 1, which keeps G finite for every gamma >= 0."""
+    one_minus_p = torch.expm1(logp).neg_()  # accurate 1 - p near p = 1
+    g = gamma.for_q(one_minus_p)
+    mod = _modulator(one_minus_p, g)
+    ell = _times(logp.neg(), mod)
+    if isinstance(g, float) and g == 0:
+        return ell, torch.ones_like(logp)
+    ratio = torch.where(one_minus_p > 0, logp / one_minus_p.clamp(min=_TINY), -1.0)
+    p = torch.exp(logp)
+    G = (1 - g * p * ratio) if not isinstance(g, float) else torch.mul(p, ratio).mul_(-g).add_(1)
+    return ell, _times(G, mod)
+
+
+class _SoftmaxSpec(NamedTuple):
+    gamma: _GammaPlan
+    reduce_sum: bool
+    index_form: bool
+    label_smoothing: float
+    ignore_index: int
+
+
+def _softmax_forward(
+    logits: Tensor,
+    target: Tensor,
+    class_weight: Tensor | None,
+    alpha: Tensor | None,
+    spec: _SoftmaxSpec,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Returns (loss sum or per-sample loss, mean denominator, gradient) for logits in
+    channel-last layout ``(M, C)``.
+
+    Per-class form (used for probability targets and for label smoothing):
+    ``L = -sum_c u_c (1-p_c)^g log p_c`` with ``u_c = alpha_c w_c t_c``; its gradient is
+    ``p_j sum_c u_c G_c - u_j G_j``. Index form without smoothing is the special case
+    ``t = onehot(y)``, computed by a gather instead."""
+    cdtype = compute_dtype(logits)
+    x = logits.to(cdtype)
+    num_classes = x.shape[-1]
+    logp = torch.log_softmax(x, dim=-1)
+    per_class_scale = None  # alpha_c * w_c, shape (C,)
+    if class_weight is not None:
+        per_class_scale = class_weight.to(cdtype)
+    if alpha is not None and alpha.dim() == 1:
+        per_class_scale = _times(alpha.to(cdtype), per_class_scale)
+    global_alpha = alpha if (alpha is not None and alpha.dim() == 0) else None
+
+    eps = spec.label_smoothing
+    if spec.index_form:
+        valid = target != spec.ignore_index
+        safe = torch.where(valid, target, 0).long().unsqueeze(-1)
+        w_y = (
+            torch.ones_like(x[:, 0])
+            if class_weight is None
+            else class_weight.to(cdtype)[safe.squeeze(-1)]
+        ) * valid
+        denominator = w_y.sum()  # F.cross_entropy: mean divides by the sum of w[y]
+        if eps == 0:
+            logp_y = logp.gather(-1, safe)
+            ell, G = _softmax_focal_terms(logp_y, spec.gamma)
+            u = valid.unsqueeze(-1).to(cdtype)
+            if per_class_scale is not None:
+                u = u * per_class_scale[safe]
+            loss = (ell * u).squeeze(-1)
+            grad = None
+            if need_grad:
+                grad = torch.exp(logp).mul_(G * u)
+                grad.scatter_add_(-1, safe, (G * u).neg())
+        else:
+            t = torch.full_like(x, eps / num_classes)
+            t.scatter_add_(-1, safe, torch.full_like(logp[:, :1], 1 - eps))
+            u = t * valid.unsqueeze(-1)
+            loss, grad = _per_class(logp, u, per_class_scale, spec.gamma, need_grad)
+    else:
+        t = target.to(cdtype)
+        if eps > 0:
+            t = t * (1 - eps) + eps / num_classes
+        denominator = torch.tensor(float(x.shape[0]), dtype=cdtype, device=x.device)
+        loss, grad = _per_class(logp, t, per_class_scale, spec.gamma, need_grad)
+    if global_alpha is not None:
+        a = global_alpha.to(cdtype)
+        loss = loss * a
+        grad = None if grad is None else grad * a
+    if spec.reduce_sum:
+        loss = loss.sum()
+    return loss, denominator, grad
+
+
+def _per_class(
+    logp: Tensor, u: Tensor, scale: Tensor | None, gamma: _GammaPlan, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    u = _times(u, scale)
+    ell, G = _softmax_focal_terms(logp, gamma)
+    loss = (ell * u).sum(-1)
+    if not need_grad:
+        return loss, None
+    uG = G * u
+    grad = torch.exp(logp) * uG.sum(-1, keepdim=True) - uG
+    return loss, grad
+
+
+class _SoftmaxFocalFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target, class_weight, alpha, spec: _SoftmaxSpec):
+        loss, denominator, grad = _softmax_forward(
+            logits, target, class_weight, alpha, spec, ctx.needs_input_grad[0]
+        )
+        ctx.logits_dtype = logits.dtype
+        ctx.reduce_sum = spec.reduce_sum
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(denominator)
+        return loss, denominator
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_denominator):
+        (grad,) = ctx.saved_tensors
+        if not ctx.reduce_sum:
+            grad_output = grad_output.unsqueeze(-1)
+        return (grad * grad_output).to(ctx.logits_dtype), None, None, None, None
+
+
+def _channel_last(logits: Tensor) -> Tensor:
+    """(N, C, d1, ...) -> (N * d1 * ..., C); (N, C) unchanged; (C,) -> (1, C)."""
+    if logits.dim() == 1:
+        return logits.unsqueeze(0)
+    if logits.dim() == 2:
+        return logits
+    return logits.movedim(1, -1).reshape(-1, logits.shape[1])
+
+
+def softmax_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    alpha: Alpha = None,
+    gamma: Gamma = 2.0,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    normalizer: float | Tensor | None = None,
+    validate: bool | None = None,
+) -> Tensor:
+    r"""Softmax (multi-class) focal loss with the conventions of ``F.cross_entropy``.
+
+    .. math::
+
+        \mathrm{FL} = -\alpha_t (1 - p_t)^{\gamma} \log p_t,\qquad p_t = \mathrm{softmax}(x)_y
+
+    With ``gamma=0`` and ``alpha=None`` it equals ``F.cross_entropy`` in value and gradient
+    for every combination of shapes, ``weight``, ``ignore_index``, ``label_smoothing`` and
+    ``reduction``. Probability targets and label smoothing use the per-class form
+    ``-sum_c alpha_c w_c t_c (1 - p_c)^gamma log p_c`` (which is the formula above for one-hot
+    ``t``). The gradient is analytic and finite for every ``gamma >= 0``.
+
+    Args:
+        logits: ``(N, C)``, ``(N, C, d1, ...)`` or ``(C,)`` unnormalised scores (computed in
+            float32, returned in the input dtype; float32 under autocast).
+        targets: class indices of shape ``(N,)`` / ``(N, d1, ...)`` / ``()`` in ``[0, C)`` or
+            ``ignore_index``, or class probabilities of the logits' shape.
+        alpha: ``None`` (off), a float (a global scale) or a ``(C,)`` tensor
+            (``alpha_t = alpha[y]``).
+        gamma: ``>= 0`` (default 2), ``"flsd53"`` (5 where ``p_t < 0.2``, else 3; Mukhoti et al.
+            2020) or a 0-dim tensor (a constant).
+        weight: per-class rescaling of shape ``(C,)``, as in ``F.cross_entropy``.
+        ignore_index: target value that contributes nothing (index targets only).
+        label_smoothing: in [0, 1], as in ``F.cross_entropy``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; "mean" divides by the summed weight of
+            the non-ignored targets (by the number of samples for probability targets), and
+            a batch with nothing to average gives 0, not NaN.
+        normalizer: if given, ``sum / max(normalizer, 1)``; only with ``reduction="mean"``.
+        validate: ``True`` checks probability targets lie in [0, 1] (a sync); ``None`` checks
+            class indices where it is free (CPU, eager).
+
+    Reference:
+        Lin et al., https://arxiv.org/abs/1708.02002; FLSD-53: Mukhoti et al.,
+        https://arxiv.org/abs/2002.09437
+
+    Example:
+        >>> import torch, focalkit as fk
+        >>> fk.softmax_focal_loss(torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([0]))
+        tensor(0.8655)
+        >>> fk.softmax_focal_loss(torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([0]),
+        ...                       alpha=torch.tensor([0.25, 0.5, 0.75]))
+        tensor(0.2164)
+    """
+    check_floating("logits", logits)
+    check_tensor("targets", targets)
+    check_reduction(reduction)
+    check_normalizer(normalizer, reduction)
+    gamma = _check_gamma(gamma)
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not (
+        0.0 <= label_smoothing <= 1.0
+    ):
+        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
+    if logits.dim() == 0:
+        raise ValueError("logits: expected shape (C,), (N, C) or (N, C, d1, ...), got a scalar")
+    num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
+    alpha_t = _alpha_tensor(alpha, num_classes, logits.device)
+    if weight is not None:
+        check_floating("weight", weight)
+        if weight.shape != (num_classes,):
+            raise ValueError(
+                f"weight: expected a per-class tensor of shape ({num_classes},), "
+                f"got {tuple(weight.shape)}"
+            )
+    index_shape = (logits.shape[:1] + logits.shape[2:]) if logits.dim() >= 2 else torch.Size([])
+    if targets.shape == logits.shape and targets.is_floating_point():
+        index_form = False
+        if validate:
+            check_values_in_unit_interval("targets", targets)
+        flat_target = _channel_last(targets)
+    elif targets.shape == index_shape and not targets.is_floating_point() and targets.dtype != torch.bool:
+        index_form = True
+        if validate is True or (validate is None and may_read_values(targets)):
+            bad = ((targets < 0) | (targets >= num_classes)) & (targets != ignore_index)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"targets: expected class indices in [0, {num_classes}) or "
+                    f"ignore_index={ignore_index}, got {int(targets[bad][0])}"
+                )
+        flat_target = targets.reshape(-1)
+    else:
+        raise ValueError(
+            f"targets: expected integer class indices of shape {tuple(index_shape)} or "
+            f"probabilities of shape {tuple(logits.shape)}, got a {targets.dtype} tensor of "
+            f"shape {tuple(targets.shape)}"
+        )
+    out_dtype = output_dtype(logits)
+    spec = _SoftmaxSpec(
+        _GammaPlan.of(gamma), reduction != "none", index_form, float(label_smoothing), ignore_index
+    )
+    with torch.autocast(logits.device.type, enabled=False):
+        loss, denominator = _SoftmaxFocalFunction.apply(
+            _channel_last(logits), flat_target, weight, alpha_t, spec
+        )
+        if reduction == "none":
+            loss = loss.reshape(index_shape)
+        else:
+            loss = finish(loss, reduction, normalizer=normalizer, denominator=denominator)
+    return loss.to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def class_balanced_weights(
+    samples_per_class: Sequence[int] | Tensor, beta: float = 0.9999
+) -> Tensor:
+    r"""Class-balanced weights from the effective number of samples (Cui et al., CVPR 2019).
+
+    .. math::
+
+        E_n = \frac{1 - \beta^{n}}{1 - \beta},\qquad
+        w_c = \frac{1}{E_{n_c}} \Big/ \frac{1}{C}\sum_k \frac{1}{E_{n_k}}
+
+    normalised so the weights sum to ``C`` (the number of classes). ``beta = 0`` gives equal
+    weights; ``beta -> 1`` approaches inverse class frequency. A class with zero samples gets
+    the largest finite weight (its effective number is taken as 1).
+
+    Args:
+        samples_per_class: ``(C,)`` sample counts (ints >= 0).
+        beta: in [0, 1). Default 0.9999 (the paper's setting for long-tailed CIFAR).
+
+    Returns:
+        A float32 tensor of shape ``(C,)``, for ``weight=`` of ``softmax_focal_loss`` or
+        ``F.cross_entropy``.
+
+    Reference:
+        Cui, Jia, Lin, Song, Belongie, "Class-Balanced Loss Based on Effective Number of
+        Samples", https://arxiv.org/abs/1901.05555
+
+    Example:
+        >>> import focalkit as fk
+        >>> fk.class_balanced_weights([1000, 100, 10], beta=0.999)
+        tensor([0.0422, 0.2800, 2.6778])
+    """
+    counts = torch.as_tensor(samples_per_class, dtype=torch.float64)
+    if counts.dim() != 1 or counts.numel() == 0:
+        raise ValueError(
+            f"samples_per_class: expected a non-empty 1-D sequence of counts, "
+            f"got shape {tuple(counts.shape)}"
+        )
+    if bool((counts < 0).any()) or not bool(torch.isfinite(counts).all()):
+        raise ValueError(f"samples_per_class: expected finite counts >= 0, got {counts.tolist()}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 <= beta < 1):
+        raise ValueError(f"beta: expected a number in [0, 1), got {beta!r}")
+    n = counts.clamp(min=1)
+    if beta == 0:
+        effective = torch.ones_like(n)
+    else:
+        # (1 - beta^n) / (1 - beta) in log space: -expm1(n log beta) / -expm1(log beta)
+        log_beta = math.log(beta)
+        effective = torch.expm1(n * log_beta) / math.expm1(log_beta)
+    w = 1.0 / effective
+    w = w * (counts.numel() / w.sum())
+    return w.to(torch.float32)
+
+
+def prior_bias(pi: float = 0.01) -> float:
+    r"""Classifier bias that makes every sigmoid start at probability ``pi``.
+
+    .. math:: b = -\log\frac{1 - \pi}{\pi}
+
+    RetinaNet (sec. 3.3) initialises the last classification layer's bias so that at the start
+    of training every anchor predicts foreground with ``pi = 0.01``; without it, the loss of
+    the ~100k easy negatives swamps the first iterations.
+
+    Reference:
+        Lin et al., https://arxiv.org/abs/1708.02002
+
+    Example:
+        >>> import torch, focalkit as fk
+        >>> head = torch.nn.Conv2d(256, 9 * 80, 3, padding=1)
+        >>> _ = torch.nn.init.constant_(head.bias, fk.prior_bias(0.01))
+        >>> round(fk.prior_bias(0.01), 4)
+        -4.5951
+    """
+    if isinstance(pi, bool) or not isinstance(pi, (int, float)) or not (0 < pi < 1):
+        raise ValueError(f"pi: expected a probability in (0, 1), got {pi!r}")
+    return -math.log((1 - pi) / pi)
