@@ -15,16 +15,59 @@ from .functional.focal import (
 )
 from .nn.focal import SigmoidFocalLoss, SoftmaxFocalLoss
 
+# isort: split
+# --- GHM -----------------------------------------------------------------------------------
+from .functional.ghm import ghm_c_loss, ghm_r_loss
+from .nn.ghm import GHMCLoss, GHMRLoss
+
+# isort: split
+# --- box losses ----------------------------------------------------------------------------
+from .functional.box import (
+    box_convert,
+    ciou_loss,
+    diou_loss,
+    eiou_loss,
+    focal_eiou_loss,
+    focal_l1_loss,
+    giou_loss,
+    iou_loss,
+)
+from .nn.box import CIoULoss, DIoULoss, EIoULoss, FocalEIoULoss, FocalL1Loss, GIoULoss, IoULoss
+
+# isort: split
+# --- multi-process helpers -----------------------------------------------------------------
+from . import distributed
+
 try:
     __version__ = version("focalkit")
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "CIoULoss",
+    "DIoULoss",
+    "EIoULoss",
+    "FocalEIoULoss",
+    "FocalL1Loss",
+    "GHMCLoss",
+    "GHMRLoss",
+    "GIoULoss",
+    "IoULoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
     "__version__",
+    "box_convert",
+    "ciou_loss",
     "class_balanced_weights",
+    "diou_loss",
+    "distributed",
+    "eiou_loss",
+    "focal_eiou_loss",
+    "focal_l1_loss",
+    "ghm_c_loss",
+    "ghm_r_loss",
+    "giou_loss",
+    "iou_loss",
     "prior_bias",
     "sigmoid_focal_loss",
     "softmax_focal_loss",

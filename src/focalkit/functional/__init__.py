@@ -1,9 +1,30 @@
 """The losses as functions (one family a file); Modules in :mod:`focalkit.nn` wrap these."""
 
+from .box import (
+    box_convert,
+    ciou_loss,
+    diou_loss,
+    eiou_loss,
+    focal_eiou_loss,
+    focal_l1_loss,
+    giou_loss,
+    iou_loss,
+)
 from .focal import class_balanced_weights, prior_bias, sigmoid_focal_loss, softmax_focal_loss
+from .ghm import ghm_c_loss, ghm_r_loss
 
 __all__ = [
+    "box_convert",
+    "ciou_loss",
     "class_balanced_weights",
+    "diou_loss",
+    "eiou_loss",
+    "focal_eiou_loss",
+    "focal_l1_loss",
+    "ghm_c_loss",
+    "ghm_r_loss",
+    "giou_loss",
+    "iou_loss",
     "prior_bias",
     "sigmoid_focal_loss",
     "softmax_focal_loss",

@@ -80,14 +80,14 @@ def _check_gamma(gamma: Gamma) -> Gamma:
     return float(gamma)
 
 
-def _alpha_tensor(alpha: Alpha, num_classes: int, device: torch.device) -> Tensor | None:
-    """alpha as a float32 tensor (0-dim or (C,)) on ``device``, or None."""
+def _alpha_tensor(alpha: Alpha, num_classes: int, like: Tensor) -> Tensor | None:
+    """alpha as a tensor (0-dim or (C,)) in the compute dtype of ``like``, on its device."""
     if alpha is None:
         return None
     if not isinstance(alpha, (Tensor, int, float)):
-        alpha = torch.as_tensor(alpha, dtype=torch.float32)
+        alpha = torch.as_tensor(alpha, dtype=torch.float64)
     check_alpha(alpha, num_classes)
-    return torch.as_tensor(alpha, dtype=torch.float32, device=device).detach()
+    return torch.as_tensor(alpha, dtype=compute_dtype(like), device=like.device).detach()
 
 
 class _GammaPlan(NamedTuple):
@@ -121,6 +121,16 @@ def _modulator(q: Tensor, gamma: float | Tensor) -> Tensor | None:
         if gamma == 1:
             return q
     return q.pow(gamma)
+
+
+def _refuse_double_backward() -> None:
+    """The gradient is computed in forward, not built from differentiable ops, so a second
+    derivative would silently be zero: refuse ``create_graph=True`` instead."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "focalkit focal losses are differentiable once: their backward does not support "
+            "double backward (create_graph=True)"
+        )
 
 
 def _times(t: Tensor, factor: Tensor | None) -> Tensor:
@@ -169,8 +179,9 @@ def _soft_terms(
 ) -> tuple[Tensor, Tensor | None]:
     """Loss and d loss / d x for soft targets ``y`` in [0, 1] (y held fixed):
 
-        q   = 1 - p_t = p (1 - y) + (1 - p) y,      BCE = (1 - y) softplus(x) + y softplus(-x)
-        L   = a_t q^g BCE,                          a_t = alpha y + (1 - alpha)(1 - y)
+        q   = 1 - p_t = p (1 - y) + (1 - p) y,      a_t = alpha y + (1 - alpha)(1 - y)
+        BCE = max(x, 0) - x y + log(1 + exp(-|x|))  (exact: no cancellation for y in {0, 1})
+        L   = a_t q^g BCE
         dL/dx = a_t q^g (g r (1 - 2y) BCE + p - y), r = p (1 - p) / q  (0 <= r <= 1)
 
     ``r`` replaces ``q^(g-1) p (1-p)`` by ``q^g r``, which is finite for every gamma >= 0.
@@ -179,17 +190,18 @@ def _soft_terms(
     p = torch.sigmoid(x)
     omp = torch.sigmoid(nx)
     q = torch.lerp(p, omp, y)
-    bce = torch.lerp(F.softplus(x), F.softplus(nx), y)
+    bce = torch.relu(x).addcmul_(x, y, value=-1).add_(F.softplus(torch.minimum(x, nx)))
     alpha_t = None if alpha_pos is None else torch.lerp(1 - alpha_pos, alpha_pos, y)
     g = gamma.for_q(q)
     mod = _modulator(q, g)
     loss = _times(_times(bce, mod), alpha_t)
     if not need_grad:
         return loss, None
-    grad = p - y
+    grad = torch.lerp(p, omp.neg(), y)  # p - y, exact where y is 0 or 1
     if not (isinstance(g, float) and g == 0):
-        r = torch.mul(p, omp).div_(q.clamp(min=_TINY))
-        r.mul_(torch.add(y, -0.5).mul_(-2.0))  # r (1 - 2y)
+        # r (1 - 2y) = p (1 - p) (1 - 2y) / q  ==  (d q / d x) / q
+        one = y.new_ones(())
+        r = p.mul_(omp).div_(q.clamp(min=_TINY)).mul_(torch.lerp(one, one.neg(), y))
         if isinstance(g, float):
             grad.addcmul_(r, bce, value=g)
         else:
@@ -315,6 +327,7 @@ class _SigmoidFocalFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        _refuse_double_backward()
         grad, logits, target, valid, weight, alpha_pos = ctx.saved_tensors
         grad_logits = grad_weight = None
         if ctx.needs_input_grad[0]:
@@ -396,7 +409,7 @@ def sigmoid_focal_loss(
     check_normalizer(normalizer, reduction)
     gamma = _check_gamma(gamma)
     parsed: SigmoidTargets = parse_sigmoid_targets(logits, targets, ignore_index, validate)
-    alpha_pos = _alpha_tensor(alpha, parsed.num_classes, logits.device)
+    alpha_pos = _alpha_tensor(alpha, parsed.num_classes, logits)
     if weight is not None:
         check_tensor("weight", weight)
         check_broadcastable_to("weight", weight, logits.shape)
@@ -545,6 +558,7 @@ class _SoftmaxFocalFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, _grad_denominator):
+        _refuse_double_backward()
         (grad,) = ctx.saved_tensors
         if not ctx.reduce_sum:
             grad_output = grad_output.unsqueeze(-1)
@@ -628,7 +642,7 @@ def softmax_focal_loss(
     if logits.dim() == 0:
         raise ValueError("logits: expected shape (C,), (N, C) or (N, C, d1, ...), got a scalar")
     num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
-    alpha_t = _alpha_tensor(alpha, num_classes, logits.device)
+    alpha_t = _alpha_tensor(alpha, num_classes, logits)
     if weight is not None:
         check_floating("weight", weight)
         if weight.shape != (num_classes,):

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_unit_interval
+from ..functional._targets import parse_sigmoid_targets
 from ..functional.focal import (
     Alpha,
     Gamma,
@@ -14,7 +15,6 @@ from ..functional.focal import (
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
-from ..functional._targets import parse_sigmoid_targets
 
 __all__ = ["SigmoidFocalLoss", "SoftmaxFocalLoss"]
 

@@ -1,0 +1,106 @@
+"""Forward+backward time and peak memory of ``focalkit.sigmoid_focal_loss`` against the plain
+eager formula of SPEC.md section 1 (torchvision's ``sigmoid_focal_loss``, written out here).
+
+    python benchmarks/bench_focal_cpu.py [--numel 4000000] [--classes 80] [--repeat 7] [--json PATH]
+
+Prints one row per variant and the ratios eager / focalkit (higher is better for focalkit).
+No torch.compile is involved: both sides run eagerly from the first call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import focalkit as fk
+from _harness import environment, fmt_bytes, median_seconds, peak_bytes, write_json_atomic
+
+
+def eager_focal(logits, targets, alpha: float = 0.25, gamma: float = 2.0):
+    """torchvision.ops.sigmoid_focal_loss (v0.20), reduction="mean"."""
+    p = torch.sigmoid(logits)
+    ce_loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        loss = alpha_t * loss
+    return loss.mean()
+
+
+def make_inputs(numel: int, classes: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    rows = numel // classes
+    logits = torch.randn(rows, classes, generator=gen) * 3
+    labels = torch.randint(0, classes + 1, (rows,), generator=gen)  # classes = background
+    labels[torch.rand(rows, generator=gen) < 0.9] = classes  # ~10% positive rows, like anchors
+    dense = torch.zeros(rows, classes)
+    pos = labels < classes
+    dense[pos.nonzero().squeeze(1), labels[pos]] = 1.0
+    return logits, dense, labels
+
+
+def fwd_bwd(loss_fn, logits, targets):
+    x = logits.detach().requires_grad_(True)
+
+    def step():
+        x.grad = None
+        loss = loss_fn(x, targets)
+        loss.backward()
+        return loss
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--numel", type=int, default=4_000_000)
+    parser.add_argument("--classes", type=int, default=80)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--json", type=Path, default=None, help="write results here (atomically)")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cpu")
+    logits, dense, labels = make_inputs(args.numel, args.classes)
+    variants = {
+        "eager formula (dense targets)": (eager_focal, dense),
+        "focalkit (dense targets)": (fk.sigmoid_focal_loss, dense),
+        "focalkit (class-index targets)": (fk.sigmoid_focal_loss, labels),
+    }
+    rows = {}
+    for name, (fn, targets) in variants.items():
+        step = fwd_bwd(fn, logits, targets)
+        seconds = median_seconds(step, device, repeat=args.repeat, warmup=2)
+        peak = peak_bytes(step, device)
+        rows[name] = {"seconds": seconds, "peak_bytes": peak}
+
+    base = rows["eager formula (dense targets)"]
+    print(f"sigmoid focal loss, forward+backward, {logits.numel():,} logits "
+          f"({logits.shape[0]} x {logits.shape[1]}), float32, {torch.get_num_threads()} threads")
+    print(f"{'variant':34s} {'time':>10s} {'peak mem':>13s} {'speed-up':>9s} {'mem ratio':>10s}")
+    for name, row in rows.items():
+        row["speedup_vs_eager"] = base["seconds"] / row["seconds"]
+        row["memory_vs_eager"] = (
+            row["peak_bytes"] / base["peak_bytes"] if row["peak_bytes"] and base["peak_bytes"] else None
+        )
+        mem_ratio = "n/a" if row["memory_vs_eager"] is None else f"{row['memory_vs_eager']:.2f}"
+        print(f"{name:34s} {row['seconds'] * 1e3:8.1f}ms {fmt_bytes(row['peak_bytes'])} "
+              f"{row['speedup_vs_eager']:8.2f}x {mem_ratio:>10s}")
+    if args.json:
+        write_json_atomic(args.json, {
+            "benchmark": "sigmoid_focal_cpu",
+            "numel": logits.numel(),
+            "shape": list(logits.shape),
+            "environment": environment(device),
+            "results": rows,
+        })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""``python -m focalkit`` runs the command line."""
+
+from focalkit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,984 @@
+"""Sigmoid focal loss, its Module, and the helpers (class_balanced_weights, prior_bias).
+
+References are the float64 formulas in ``_focal_refs`` (SPEC.md sections 1 and 5).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import focalkit as fk
+from _focal_refs import (
+    bce_with_logits_ref,
+    class_balanced_ref,
+    index_to_dense,
+    sigmoid_focal_grad_ref,
+    sigmoid_focal_ref,
+)
+
+GAMMAS = [0.0, 0.5, 1.0, 2.0, 5.0, "flsd53"]
+REDUCTIONS = ["none", "mean", "sum"]
+IGNORE = -100
+F32 = {"rtol": 1e-5, "atol": 1e-6}
+F64 = {"rtol": 1e-10, "atol": 1e-12}
+HYP = settings(max_examples=50, deadline=None)
+
+
+def _alpha(kind: str, C: int):
+    if kind == "none":
+        return None
+    if kind == "float":
+        return 0.25
+    return torch.linspace(0.1, 0.9, C, dtype=torch.float64)
+
+
+def _targets(kind: str, N: int, C: int, gen: torch.Generator) -> torch.Tensor:
+    """soft: float in [0,1]; binary: float {0,1}; index: [0, C] with background and ignored
+    rows; int_dense: int64 {0,1} with ignore_index entries."""
+    if kind == "soft":
+        return torch.rand(N, C, generator=gen, dtype=torch.float64)
+    if kind == "binary":
+        return (torch.rand(N, C, generator=gen) < 0.3).double()
+    if kind == "index":
+        labels = torch.randint(0, C + 1, (N,), generator=gen)
+        labels[0] = C  # background
+        labels[1] = IGNORE
+        labels[2] = 0
+        return labels
+    t = (torch.rand(N, C, generator=gen) < 0.3).long()
+    t[0, 1] = IGNORE
+    t[3, :] = IGNORE
+    return t
+
+
+def _value_and_grad(fn, logits, targets, upstream_seed=0, **kw):
+    """Loss value and d(sum(loss * r))/d logits for a fixed random r (r = 1 for scalars)."""
+    x = logits.detach().clone().requires_grad_(True)
+    out = fn(x, targets, **kw)
+    if out.dim() == 0:
+        out.backward()
+    else:
+        gen = torch.Generator().manual_seed(upstream_seed)
+        r = torch.rand(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+        (out * r).sum().backward()
+    return out.detach(), x.grad
+
+
+def _ref_value_and_grad(logits, targets, upstream_seed=0, **kw):
+    return _value_and_grad(sigmoid_focal_ref, logits.double(), targets, upstream_seed, **kw)
+
+
+def _assert_close(a, b, tol):
+    torch.testing.assert_close(a.to(b.dtype), b, **tol)
+
+
+# ------------------------------------------------------------------------------------------
+# 1. SPEC check values and helpers
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spec_check_values_sigmoid(dtype):
+    x = torch.tensor([-2.0, 0.0, 3.0], dtype=dtype, requires_grad=True)
+    y = torch.tensor([0.0, 1.0, 1.0], dtype=dtype)
+    loss = fk.sigmoid_focal_loss(x, y, alpha=0.25, gamma=2.0, reduction="none")
+    loss.sum().backward()
+    expected_loss = torch.tensor([0.00135267213, 0.0433216988, 2.73208311e-5], dtype=torch.float64)
+    expected_grad = torch.tensor(
+        [0.00365320515, -0.0745716988, -7.87179616e-5], dtype=torch.float64
+    )
+    torch.testing.assert_close(loss.double(), expected_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(x.grad.double(), expected_grad, rtol=1e-6, atol=0)
+
+
+def test_spec_check_values_match_reference():
+    """The independent reference reproduces SPEC's numbers too (guards the reference)."""
+    x = torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64)
+    y = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+    loss, grad = _ref_value_and_grad(x, y, alpha=0.25, gamma=2.0, reduction="sum")
+    assert loss.item() == pytest.approx(0.00135267213 + 0.0433216988 + 2.73208311e-5, rel=1e-8)
+    closed = [
+        sigmoid_focal_grad_ref(v, int(t), 0.25, 2.0)
+        for v, t in zip([-2, 0, 3], [0, 1, 1], strict=True)
+    ]
+    torch.testing.assert_close(grad, torch.tensor(closed, dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        grad,
+        torch.tensor([0.00365320515, -0.0745716988, -7.87179616e-5], dtype=torch.float64),
+        rtol=1e-8,
+        atol=0,
+    )
+
+
+def test_prior_bias():
+    b = fk.prior_bias(0.01)
+    assert b == pytest.approx(-math.log(99.0), rel=1e-12)
+    assert b == pytest.approx(-4.59511985013459, rel=1e-12)
+    assert 1 / (1 + math.exp(-b)) == pytest.approx(0.01, rel=1e-12)
+    assert fk.prior_bias(0.5) == pytest.approx(0.0, abs=1e-15)
+    assert fk.prior_bias(0.9) == pytest.approx(math.log(9.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.9, 0.999, 0.9999])
+def test_class_balanced_weights_closed_form(beta):
+    counts = [1000, 100, 10, 1, 7]
+    w = fk.class_balanced_weights(counts, beta=beta)
+    expected = torch.tensor(class_balanced_ref(counts, beta), dtype=torch.float64)
+    assert w.shape == (5,)
+    torch.testing.assert_close(w.double(), expected, rtol=1e-6, atol=0)
+    assert w.double().sum().item() == pytest.approx(5.0, rel=1e-6)
+    # rarer classes never weigh less (strictly more once beta^n is not ~0)
+    assert bool((w[[0, 1, 2, 3]].diff() >= 0).all())
+    if beta >= 0.9:
+        assert bool((w[[1, 2, 3]].diff() > 0).all())
+
+
+def test_class_balanced_weights_beta_zero_gives_ones():
+    w = fk.class_balanced_weights([1000, 3, 50], beta=0.0)
+    torch.testing.assert_close(w, torch.ones(3, dtype=w.dtype), rtol=0, atol=1e-7)
+
+
+def test_class_balanced_weights_accepts_tensor():
+    counts = torch.tensor([40, 20, 5])
+    w = fk.class_balanced_weights(counts, beta=0.99)
+    expected = torch.tensor(class_balanced_ref([40, 20, 5], 0.99), dtype=torch.float64)
+    torch.testing.assert_close(w.double(), expected, rtol=1e-6, atol=0)
+
+
+# ------------------------------------------------------------------------------------------
+# 2. values and gradients against the float64 reference
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("target_kind", ["soft", "binary", "index", "int_dense"])
+@pytest.mark.parametrize("alpha_kind", ["none", "float", "vector"])
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_matches_reference_float32(gamma, alpha_kind, target_kind, reduction):
+    gen = torch.Generator().manual_seed(hash((str(gamma), alpha_kind, target_kind)) % 2**31)
+    N, C = 9, 4
+    logits = (torch.randn(N, C, generator=gen, dtype=torch.float64) * 3).float()
+    targets = _targets(target_kind, N, C, gen)
+    if target_kind in ("soft", "binary"):
+        targets = targets.float()
+    alpha = _alpha(alpha_kind, C)
+    kw = {"alpha": alpha, "gamma": gamma, "reduction": reduction}
+    got, got_g = _value_and_grad(fk.sigmoid_focal_loss, logits, targets, **kw)
+    exp, exp_g = _ref_value_and_grad(logits, targets, **kw)
+    assert got.dtype == torch.float32
+    assert got.shape == exp.shape
+    _assert_close(got, exp, F32)
+    _assert_close(got_g, exp_g, F32)
+
+
+@pytest.mark.parametrize("alpha_kind", ["none", "float", "vector"])
+@pytest.mark.parametrize("target_kind", ["soft", "index", "int_dense"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, "flsd53", torch.tensor(1.5, dtype=torch.float64)])
+def test_matches_reference_float64(gamma, target_kind, alpha_kind):
+    gen = torch.Generator().manual_seed(7)
+    N, C = 8, 5
+    logits = torch.randn(N, C, generator=gen, dtype=torch.float64) * 4
+    targets = _targets(target_kind, N, C, gen)
+    for reduction in REDUCTIONS:
+        kw = {"alpha": _alpha(alpha_kind, C), "gamma": gamma}
+        got, got_g = _value_and_grad(
+            fk.sigmoid_focal_loss, logits, targets, reduction=reduction, **kw
+        )
+        exp, exp_g = _ref_value_and_grad(logits, targets, reduction=reduction, **kw)
+        assert got.dtype == torch.float64
+        _assert_close(got, exp, F64)
+        _assert_close(got_g, exp_g, F64)
+
+
+def test_gamma_tensor_equals_gamma_float():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, generator=gen)
+    y = torch.rand(6, 3, generator=gen)
+    a = _value_and_grad(fk.sigmoid_focal_loss, x, y, gamma=torch.tensor(1.5))
+    b = _value_and_grad(fk.sigmoid_focal_loss, x, y, gamma=1.5)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(
+    "weight_shape", [(7, 4), (7, 1), (4,), (1, 4), ()], ids=["full", "N1", "C", "1C", "scalar"]
+)
+@pytest.mark.parametrize("target_kind", ["soft", "index", "int_dense"])
+def test_elementwise_weight(weight_shape, target_kind, reduction):
+    gen = torch.Generator().manual_seed(11)
+    N, C = 7, 4
+    logits = torch.randn(N, C, generator=gen) * 2
+    targets = _targets(target_kind, N, C, gen)
+    if target_kind == "soft":
+        targets = targets.float()
+    weight = torch.rand(weight_shape, generator=gen) + 0.5
+    kw = {"weight": weight, "reduction": reduction, "gamma": 2.0, "alpha": 0.25}
+    got, got_g = _value_and_grad(fk.sigmoid_focal_loss, logits, targets, **kw)
+    exp, exp_g = _ref_value_and_grad(logits, targets, **kw)
+    assert got.shape == exp.shape
+    _assert_close(got, exp, F32)
+    _assert_close(got_g, exp_g, F32)
+
+
+def test_weight_mean_divides_by_element_count_not_weight_sum():
+    """SPEC 5: "mean" averages over non-ignored elements; weight only multiplies."""
+    x = torch.zeros(2, 2)
+    y = torch.zeros(2, 2)
+    w = torch.tensor([[2.0], [0.0]])
+    got = fk.sigmoid_focal_loss(x, y, alpha=None, gamma=0.0, weight=w)
+    # elementwise BCE = log 2; weighted sum = 2 * 2 log 2 ; 4 elements
+    assert got.item() == pytest.approx(math.log(2.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("target_kind", ["soft", "index", "int_dense"])
+@pytest.mark.parametrize(
+    "normalizer",
+    [3.0, 0.5, 0.0, 7, torch.tensor(4.0), torch.tensor(0.0), torch.tensor([2.5])],
+    ids=["f3", "f0.5", "f0", "int7", "t4", "t0", "t1elem"],
+)
+def test_normalizer(normalizer, target_kind):
+    gen = torch.Generator().manual_seed(5)
+    N, C = 6, 3
+    logits = torch.randn(N, C, generator=gen) * 2
+    targets = _targets(target_kind, N, C, gen)
+    if target_kind == "soft":
+        targets = targets.float()
+    got, got_g = _value_and_grad(fk.sigmoid_focal_loss, logits, targets, normalizer=normalizer)
+    ref_norm = float(normalizer) if not isinstance(normalizer, torch.Tensor) else normalizer.item()
+    exp, exp_g = _ref_value_and_grad(logits, targets, normalizer=ref_norm)
+    assert torch.isfinite(got).all() and torch.isfinite(got_g).all()
+    _assert_close(got, exp, F32)
+    _assert_close(got_g, exp_g, F32)
+    summed = fk.sigmoid_focal_loss(logits, targets, reduction="sum")
+    _assert_close(got, summed / max(ref_norm, 1.0), F32)
+
+
+def test_normalizer_tensor_requires_no_grad_path():
+    """A normalizer tensor that requires grad is treated as a constant (no grad flows to it)."""
+    x = torch.randn(4, 3, requires_grad=True)
+    n = torch.tensor(2.0, requires_grad=True)
+    loss = fk.sigmoid_focal_loss(x, torch.rand(4, 3), normalizer=n)
+    loss.backward()
+    assert n.grad is None or float(n.grad) == 0.0
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, "flsd53"])
+def test_index_form_equals_dense_forms(gamma, reduction):
+    gen = torch.Generator().manual_seed(13)
+    N, C = 10, 4
+    logits = torch.randn(N, C, generator=gen) * 3
+    labels = torch.tensor([0, 1, 2, 3, 4, 4, IGNORE, 1, IGNORE, 0])  # 4 = background
+    onehot, valid = index_to_dense(labels, C, IGNORE)
+    # integer dense form with the ignored rows marked ignore_index
+    int_dense = onehot.long()
+    int_dense[valid == 0] = IGNORE
+    kw = {"gamma": gamma, "reduction": reduction, "alpha": torch.tensor([0.1, 0.3, 0.6, 0.9])}
+    a, ga = _value_and_grad(fk.sigmoid_focal_loss, logits, labels, **kw)
+    b, gb = _value_and_grad(fk.sigmoid_focal_loss, logits, int_dense, **kw)
+    # float32: the gradient is accurate to ~1e-7 of its O(1) scale (p - y cancels in float32)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ga, gb, rtol=1e-6, atol=1e-7)
+    # float one-hot dense form on the non-ignored rows only
+    keep = labels != IGNORE
+    c, gc = _value_and_grad(fk.sigmoid_focal_loss, logits[keep], onehot[keep].float(), **kw)
+    if reduction == "none":
+        torch.testing.assert_close(a[keep], c, rtol=1e-6, atol=1e-7)
+        assert bool((a[~keep] == 0).all())
+    else:
+        # upstream r of a scalar is 1: grads of the kept rows coincide, ignored rows are 0
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ga[keep], gc, rtol=1e-6, atol=1e-7)
+        assert bool((ga[~keep] == 0).all())
+
+
+def test_index_form_background_row_is_all_negative():
+    x = torch.tensor([[1.0, -2.0, 0.5]])
+    a = fk.sigmoid_focal_loss(x, torch.tensor([3]), reduction="none")
+    b = fk.sigmoid_focal_loss(x, torch.zeros(1, 3), reduction="none")
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
+def test_ignored_rows_count_in_no_denominator():
+    x = torch.randn(4, 3)
+    labels = torch.tensor([0, IGNORE, 2, IGNORE])
+    full = fk.sigmoid_focal_loss(x, labels, reduction="sum")
+    mean = fk.sigmoid_focal_loss(x, labels, reduction="mean")
+    torch.testing.assert_close(mean, full / 6.0, rtol=1e-6, atol=0)  # 2 valid rows * 3 columns
+    dense = torch.tensor([[1, 0, IGNORE], [0, 0, 0], [IGNORE, IGNORE, IGNORE], [1, 1, 1]])
+    s = fk.sigmoid_focal_loss(x, dense, reduction="sum")
+    m = fk.sigmoid_focal_loss(x, dense, reduction="mean")
+    torch.testing.assert_close(m, s / 8.0, rtol=1e-6, atol=0)
+
+
+def test_target_dtypes_and_custom_ignore_index():
+    """int32 labels, bool / uint8 dense targets and ignore_index=255 read the same labels."""
+    gen = torch.Generator().manual_seed(61)
+    x = torch.randn(5, 3, generator=gen)
+    labels = torch.tensor([0, 3, IGNORE, 2, 1])
+    base = _value_and_grad(fk.sigmoid_focal_loss, x, labels, reduction="mean")
+    same = [
+        _value_and_grad(fk.sigmoid_focal_loss, x, labels.int(), reduction="mean"),
+        _value_and_grad(
+            fk.sigmoid_focal_loss,
+            x,
+            torch.where(labels == IGNORE, 255, labels),
+            reduction="mean",
+            ignore_index=255,
+        ),
+    ]
+    for other in same:
+        torch.testing.assert_close(other, base, rtol=0, atol=0)
+    dense = (torch.rand(5, 3, generator=gen) > 0.5).long()
+    ref = _value_and_grad(fk.sigmoid_focal_loss, x, dense.float())
+    for t in [dense, dense.bool(), dense.to(torch.uint8), dense.int()]:
+        torch.testing.assert_close(_value_and_grad(fk.sigmoid_focal_loss, x, t), ref)
+
+
+@pytest.mark.parametrize("target_kind", ["soft", "index"])
+def test_multidim_logits(target_kind):
+    """(N, A, C) logits with (N, A, C) dense or (N, A) index targets."""
+    gen = torch.Generator().manual_seed(17)
+    logits = torch.randn(2, 5, 3, generator=gen) * 2
+    if target_kind == "soft":
+        targets = torch.rand(2, 5, 3, generator=gen)
+    else:
+        targets = torch.tensor([[0, 3, IGNORE, 2, 1], [3, 3, 0, IGNORE, 1]])
+    for reduction in REDUCTIONS:
+        got, got_g = _value_and_grad(fk.sigmoid_focal_loss, logits, targets, reduction=reduction)
+        exp, exp_g = _ref_value_and_grad(logits, targets, reduction=reduction)
+        assert got.shape == exp.shape
+        _assert_close(got, exp, F32)
+        _assert_close(got_g, exp_g, F32)
+
+
+@pytest.mark.parametrize("target_kind", ["soft", "index", "int_dense"])
+def test_large_input_spanning_chunks(target_kind):
+    """More rows than one CPU chunk (65536 elements): same as the reference everywhere."""
+    gen = torch.Generator().manual_seed(19)
+    N, C = 13_001, 7  # 91007 elements, not a multiple of the chunk
+    logits = torch.randn(N, C, generator=gen) * 3
+    targets = _targets(target_kind, N, C, gen)
+    if target_kind == "soft":
+        targets = targets.float()
+    for reduction in ["none", "mean"]:
+        kw = {"reduction": reduction, "weight": torch.rand(N, 1, generator=gen)}
+        got, got_g = _value_and_grad(fk.sigmoid_focal_loss, logits, targets, **kw)
+        exp, exp_g = _ref_value_and_grad(logits, targets, **kw)
+        # "mean" divides by 91007: gradients are ~1e-5, so scale atol with them
+        atol = 1e-6 if reduction == "none" else 1e-10
+        _assert_close(got, exp, {"rtol": 1e-5, "atol": atol})
+        _assert_close(got_g, exp_g, {"rtol": 1e-5, "atol": atol})
+
+
+def test_non_contiguous_inputs():
+    gen = torch.Generator().manual_seed(23)
+    base = torch.randn(5, 8, generator=gen) * 3
+    logits = base.t()  # (8, 5), non-contiguous
+    targets = torch.rand(5, 8, generator=gen).t()
+    weight = torch.rand(5, 8, generator=gen).t()
+    assert not logits.is_contiguous()
+    for reduction in REDUCTIONS:
+        kw = {"reduction": reduction, "weight": weight}
+        got, got_g = _value_and_grad(fk.sigmoid_focal_loss, logits, targets, **kw)
+        exp, exp_g = _ref_value_and_grad(logits, targets, **kw)
+        _assert_close(got, exp, F32)
+        _assert_close(got_g, exp_g, F32)
+
+
+def test_single_column_logits_index_form():
+    """C = 1 (binary detector head): labels 0 positive, 1 background."""
+    x = torch.tensor([[0.3], [-1.2], [2.0]])
+    labels = torch.tensor([0, 1, IGNORE])
+    got, got_g = _value_and_grad(fk.sigmoid_focal_loss, x, labels, reduction="sum")
+    exp, exp_g = _ref_value_and_grad(x, labels, reduction="sum")
+    _assert_close(got, exp, F32)
+    _assert_close(got_g, exp_g, F32)
+
+
+# ------------------------------------------------------------------------------------------
+# 3. extreme logits, low precision, autocast
+# ------------------------------------------------------------------------------------------
+
+EXTREME = [-100.0, -30.0, -17.0, -1.0, 0.0, 1.0, 17.0, 30.0, 100.0]
+EXTREME_GAMMAS = [0.0, 0.25, 0.5, 1.0, 2.0, 5.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gamma", EXTREME_GAMMAS)
+def test_finite_gradients_at_extreme_logits(gamma, dtype):
+    x = torch.tensor(EXTREME, dtype=dtype).repeat(3)
+    y = torch.tensor([0.0] * 9 + [1.0] * 9 + [0.5] * 9, dtype=dtype)
+    for alpha in [None, 0.25]:
+        xr = x.clone().requires_grad_(True)
+        loss = fk.sigmoid_focal_loss(xr, y, gamma=gamma, alpha=alpha, reduction="none")
+        assert loss.dtype == dtype
+        loss.sum().backward()
+        assert xr.grad.dtype == dtype
+        assert torch.isfinite(loss).all(), loss
+        assert torch.isfinite(xr.grad).all(), xr.grad
+    # index form at the same logits: column 0 positive in half of the rows
+    xi = x[:9].reshape(9, 1).repeat(1, 2).clone().requires_grad_(True)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, IGNORE])
+    li = fk.sigmoid_focal_loss(xi, labels, gamma=gamma, reduction="sum")
+    li.backward()
+    assert li.dtype == dtype and torch.isfinite(li) and torch.isfinite(xi.grad).all()
+
+
+@pytest.mark.parametrize("gamma", EXTREME_GAMMAS)
+@pytest.mark.parametrize("y", [0, 1])
+def test_gradient_accurate_at_extreme_logits_float32(y, gamma):
+    """float32 gradient vs SPEC's closed form (float64): relative 1e-4, absolute 1e-7 (the
+    float32 resolution of an O(1) gradient; p - y cancels for confident positives)."""
+    x = torch.tensor(EXTREME, requires_grad=True)
+    t = torch.full_like(x, float(y))
+    fk.sigmoid_focal_loss(x, t, gamma=gamma, alpha=0.25, reduction="sum").backward()
+    expected = torch.tensor(
+        [sigmoid_focal_grad_ref(v, y, 0.25, gamma) for v in EXTREME], dtype=torch.float64
+    )
+    torch.testing.assert_close(x.grad.double(), expected, rtol=1e-4, atol=1e-7)
+    # the sign is never wrong: positives pull the logit up, negatives push it down
+    nonzero = x.grad != 0
+    assert bool((torch.sign(x.grad[nonzero]) == (-1 if y == 1 else 1)).all())
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize(
+    ("dtype", "rtol", "atol"), [(torch.float16, 2e-3, 1e-4), (torch.bfloat16, 1.6e-2, 1e-3)]
+)
+@pytest.mark.parametrize("target_kind", ["soft", "index"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, "flsd53"])
+def test_low_precision_close_to_float32(gamma, target_kind, dtype, rtol, atol, reduction):
+    gen = torch.Generator().manual_seed(29)
+    N, C = 16, 4
+    x_low = (torch.randn(N, C, generator=gen) * 2).to(dtype)
+    targets = _targets(target_kind, N, C, gen)
+    if target_kind == "soft":
+        targets = targets.to(dtype)
+    lo, glo = _value_and_grad(fk.sigmoid_focal_loss, x_low, targets, reduction=reduction)
+    t32 = targets.float() if target_kind == "soft" else targets
+    hi, ghi = _value_and_grad(fk.sigmoid_focal_loss, x_low.float(), t32, reduction=reduction)
+    assert lo.dtype == dtype and glo.dtype == dtype
+    torch.testing.assert_close(lo.float(), hi, rtol=rtol, atol=atol)
+    torch.testing.assert_close(glo.float(), ghi, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("logit_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("target_kind", ["soft", "index"])
+def test_autocast_bfloat16_returns_float32(target_kind, logit_dtype):
+    gen = torch.Generator().manual_seed(31)
+    x = (torch.randn(6, 3, generator=gen) * 2).to(logit_dtype)
+    targets = _targets(target_kind, 6, 3, gen)
+    if target_kind == "soft":
+        targets = targets.float()
+    ref, ref_g = _value_and_grad(fk.sigmoid_focal_loss, x.float(), targets)
+    xr = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = fk.sigmoid_focal_loss(xr, targets)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert xr.grad.dtype == logit_dtype
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
+    tol = (
+        {"rtol": 1e-6, "atol": 1e-8}
+        if logit_dtype == torch.float32
+        else {"rtol": 1e-2, "atol": 1e-4}
+    )
+    torch.testing.assert_close(xr.grad.float(), ref_g, **tol)
+
+
+# ------------------------------------------------------------------------------------------
+# 4. gradcheck (float64)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target_kind", "gamma", "reduction"),
+    [
+        ("soft", 0.5, "mean"),
+        ("soft", 2.0, "none"),
+        ("index", 0.5, "sum"),
+        ("index", 2.0, "mean"),
+        ("int_dense", 2.0, "none"),
+        ("soft", "flsd53", "sum"),
+    ],
+)
+def test_gradcheck_logits(target_kind, gamma, reduction):
+    gen = torch.Generator().manual_seed(37)
+    N, C = 5, 3
+    x = (torch.randn(N, C, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)
+    targets = _targets(target_kind, N, C, gen)
+    alpha = torch.tensor([0.2, 0.5, 0.7], dtype=torch.float64)
+
+    def f(x):
+        return fk.sigmoid_focal_loss(x, targets, gamma=gamma, alpha=alpha, reduction=reduction)
+
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weight_shape", [(4, 3), (4, 1), (3,)])
+@pytest.mark.parametrize("target_kind", ["soft", "index"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_gradcheck_weight(weight_shape, target_kind, reduction):
+    gen = torch.Generator().manual_seed(41)
+    x = (torch.randn(4, 3, generator=gen, dtype=torch.float64) * 2).requires_grad_(True)
+    w = (torch.rand(weight_shape, generator=gen, dtype=torch.float64) + 0.5).requires_grad_(True)
+    if target_kind == "soft":
+        targets = torch.rand(4, 3, generator=gen, dtype=torch.float64)
+    else:
+        targets = torch.tensor([0, 3, IGNORE, 2])
+
+    def f(x, w):
+        return fk.sigmoid_focal_loss(x, targets, gamma=2.0, weight=w, reduction=reduction)
+
+    assert torch.autograd.gradcheck(f, (x, w), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_weight_gradient_is_unweighted_loss():
+    x = torch.randn(4, 3, dtype=torch.float64)
+    y = torch.rand(4, 3, dtype=torch.float64)
+    w = torch.rand(4, 3, dtype=torch.float64).requires_grad_(True)
+    fk.sigmoid_focal_loss(x, y, weight=w, reduction="sum").backward()
+    torch.testing.assert_close(w.grad, sigmoid_focal_ref(x, y, reduction="none"), **F64)
+
+
+def test_weight_only_requires_grad():
+    """Gradient flows to weight when logits do not require grad."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    y = torch.rand(4, 3, dtype=torch.float64)
+    w = torch.rand(4, 1, dtype=torch.float64).requires_grad_(True)
+    fk.sigmoid_focal_loss(x, y, weight=w, reduction="sum").backward()
+    expected = sigmoid_focal_ref(x, y, reduction="none").sum(1, keepdim=True)
+    torch.testing.assert_close(w.grad, expected, **F64)
+
+
+def test_double_backward_not_silently_wrong():
+    """create_graph=True must either give the true second derivative or raise, never return a
+    first derivative detached from the graph (a gradient penalty would silently be constant)."""
+    x = torch.tensor([0.3, -1.0, 2.0], requires_grad=True)
+    y = torch.tensor([1.0, 0.0, 1.0])
+    try:
+        (g,) = torch.autograd.grad(
+            fk.sigmoid_focal_loss(x, y, reduction="sum"), x, create_graph=True
+        )
+    except RuntimeError as e:  # e.g. @once_differentiable: an explicit refusal is fine
+        assert "differentiat" in str(e) or "double backward" in str(e), e
+        return
+    assert g.requires_grad, "first derivative built with create_graph=True is detached"
+    (h,) = torch.autograd.grad(g.sum(), x)
+    xr = x.detach().double().requires_grad_(True)
+    (gr,) = torch.autograd.grad(
+        sigmoid_focal_ref(xr, y.double(), reduction="sum"), xr, create_graph=True
+    )
+    (hr,) = torch.autograd.grad(gr.sum(), xr)
+    torch.testing.assert_close(h.double(), hr, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# 5. torch.compile
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target_kind", ["soft", "index"])
+def test_torch_compile_matches_eager(target_kind):
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(43)
+    x = torch.randn(6, 4, generator=gen) * 2
+    targets = _targets(target_kind, 6, 4, gen)
+    if target_kind == "soft":
+        targets = targets.float()
+    kw = {"alpha": 0.25, "gamma": 2.0, "reduction": "mean"}
+    compiled = torch.compile(fk.sigmoid_focal_loss, fullgraph=True)
+    a, ga = _value_and_grad(compiled, x, targets, **kw)
+    b, gb = _value_and_grad(fk.sigmoid_focal_loss, x, targets, **kw)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+    torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------------------------------
+# 6. empty inputs
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("target_kind", ["soft", "index", "int_dense"])
+def test_empty_input_scalar_connected_to_graph(target_kind, reduction):
+    x = torch.zeros(0, 4, requires_grad=True)
+    targets = {
+        "soft": torch.zeros(0, 4),
+        "index": torch.zeros(0, dtype=torch.long),
+        "int_dense": torch.zeros(0, 4, dtype=torch.long),
+    }[target_kind]
+    loss = fk.sigmoid_focal_loss(x, targets, reduction=reduction)
+    assert loss.shape == () and loss.item() == 0.0
+    assert loss.requires_grad
+    loss.backward()
+    assert x.grad is not None and x.grad.shape == (0, 4)
+
+
+@pytest.mark.parametrize("target_kind", ["soft", "index"])
+def test_empty_input_none_reduction(target_kind):
+    x = torch.zeros(0, 4, requires_grad=True)
+    targets = torch.zeros(0, 4) if target_kind == "soft" else torch.zeros(0, dtype=torch.long)
+    loss = fk.sigmoid_focal_loss(x, targets, reduction="none")
+    assert loss.shape == (0, 4)
+    loss.sum().backward()
+    assert x.grad.shape == (0, 4)
+
+
+def test_all_ignored_mean_is_zero_with_zero_grad():
+    x = torch.randn(3, 4, requires_grad=True)
+    loss = fk.sigmoid_focal_loss(x, torch.full((3,), IGNORE))
+    assert loss.item() == 0.0 and not torch.isnan(loss)
+    loss.backward()
+    assert bool((x.grad == 0).all())
+
+
+# ------------------------------------------------------------------------------------------
+# 8. properties
+# ------------------------------------------------------------------------------------------
+
+_logit = st.floats(-20, 20, allow_nan=False)
+_gamma = st.floats(0, 5, allow_nan=False)
+
+
+@HYP
+@given(
+    xs=st.lists(_logit, min_size=1, max_size=8),
+    ys=st.lists(st.floats(0, 1), min_size=8, max_size=8),
+    gamma=_gamma,
+)
+def test_property_focal_le_cross_entropy(xs, ys, gamma):
+    """Focal loss <= cross-entropy elementwise for every gamma >= 0 (alpha None)."""
+    x = torch.tensor(xs, dtype=torch.float64)
+    y = torch.tensor(ys[: len(xs)], dtype=torch.float64)
+    fl = fk.sigmoid_focal_loss(x, y, gamma=gamma, alpha=None, reduction="none")
+    # accurate float64 BCE (torch's own float64 BCE is off by ~1e-7 relative at |x| ~ 17)
+    ce = bce_with_logits_ref(x, y)
+    assert bool((fl <= ce * (1 + 1e-9)).all()), (fl, ce)
+
+
+@HYP
+@given(x1=st.floats(-15, 15), dx=st.floats(1e-2, 10), gamma=_gamma, y=st.sampled_from([0, 1]))
+def test_property_strictly_decreasing_in_pt(x1, dx, gamma, y):
+    """FL strictly decreases as p_t increases, for fixed gamma (SPEC errata: no stationary point)."""
+    x2 = x1 + dx
+    # y = 1: p_t grows with x; y = 0: p_t grows as x falls
+    lo_pt, hi_pt = (x1, x2) if y == 1 else (x2, x1)
+    x = torch.tensor([lo_pt, hi_pt], dtype=torch.float64)
+    t = torch.full((2,), float(y), dtype=torch.float64)
+    fl = fk.sigmoid_focal_loss(x, t, gamma=gamma, alpha=0.25, reduction="none")
+    assert fl[0] > fl[1], (x, fl)
+
+
+@HYP
+@given(
+    xs=st.lists(st.floats(-30, 30), min_size=1, max_size=8),
+    ys=st.lists(st.floats(0, 1), min_size=8, max_size=8),
+)
+def test_property_gamma_zero_equals_bce(xs, ys):
+    """gamma = 0 and alpha None is BCE-with-logits, in value and gradient."""
+    x = torch.tensor(xs, dtype=torch.float64)
+    y = torch.tensor(ys[: len(xs)], dtype=torch.float64)
+    for reduction in REDUCTIONS:
+        a, ga = _value_and_grad(
+            fk.sigmoid_focal_loss, x, y, gamma=0.0, alpha=None, reduction=reduction
+        )
+        b, gb = _value_and_grad(F.binary_cross_entropy_with_logits, x, y, reduction=reduction)
+        # torch's float64 BCE value is only ~1e-7-relative accurate for confident logits
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-12)
+        torch.testing.assert_close(ga, gb, rtol=1e-10, atol=1e-12)
+        c, gc = _value_and_grad(_bce_ref, x, y, reduction=reduction)
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ga, gc, rtol=1e-10, atol=1e-12)
+
+
+def _bce_ref(x, y, reduction):
+    loss = bce_with_logits_ref(x, y)
+    return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+
+
+@HYP
+@given(
+    data=st.data(),
+    n=st.integers(1, 6),
+    c=st.integers(1, 5),
+    gamma=st.one_of(_gamma, st.just("flsd53")),
+)
+def test_property_index_equals_dense(data, n, c, gamma):
+    """Class-index targets equal their one-hot dense form (ignore rows = ignore_index entries)."""
+    labels = data.draw(
+        st.lists(st.one_of(st.integers(0, c), st.just(IGNORE)), min_size=n, max_size=n)
+    )
+    xs = data.draw(st.lists(_logit, min_size=n * c, max_size=n * c))
+    x = torch.tensor(xs, dtype=torch.float64).reshape(n, c)
+    lab = torch.tensor(labels)
+    onehot, valid = index_to_dense(lab, c, IGNORE)
+    dense = onehot.long()
+    dense[valid == 0] = IGNORE
+    for reduction in REDUCTIONS:
+        a, ga = _value_and_grad(fk.sigmoid_focal_loss, x, lab, gamma=gamma, reduction=reduction)
+        b, gb = _value_and_grad(fk.sigmoid_focal_loss, x, dense, gamma=gamma, reduction=reduction)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-14)
+
+
+@HYP
+@given(
+    xs=st.lists(st.floats(-8, 8), min_size=1, max_size=8),
+    ys=st.lists(st.sampled_from([0.0, 1.0, 0.3]), min_size=8, max_size=8),
+)
+def test_property_flsd53_piecewise_gamma(xs, ys):
+    """FLSD-53 equals gamma 5 where p_t < 0.2 and gamma 3 elsewhere (value and gradient)."""
+    x = torch.tensor(xs, dtype=torch.float64)
+    y = torch.tensor(ys[: len(xs)], dtype=torch.float64)
+    p = torch.sigmoid(x)
+    p_t = p * y + (1 - p) * (1 - y)
+    assume(bool(((p_t - 0.2).abs() > 1e-9).all()))
+    got, g = _value_and_grad(fk.sigmoid_focal_loss, x, y, gamma="flsd53", reduction="none")
+    five, g5 = _value_and_grad(fk.sigmoid_focal_loss, x, y, gamma=5.0, reduction="none")
+    three, g3 = _value_and_grad(fk.sigmoid_focal_loss, x, y, gamma=3.0, reduction="none")
+    hard = p_t < 0.2
+    torch.testing.assert_close(got, torch.where(hard, five, three), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(g, torch.where(hard, g5, g3), rtol=1e-12, atol=1e-15)
+
+
+# ------------------------------------------------------------------------------------------
+# 9. Module
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"alpha": None, "gamma": 0.5, "reduction": "sum"},
+        {"alpha": torch.tensor([0.2, 0.4, 0.6]), "gamma": "flsd53", "reduction": "none"},
+        {"gamma": 1.0, "normalizer": 4.0},
+        {"weight": torch.tensor([1.0, 2.0, 0.5]), "ignore_index": -1},
+    ],
+)
+@pytest.mark.parametrize("target_kind", ["soft", "index"])
+def test_module_equals_function(kw, target_kind):
+    gen = torch.Generator().manual_seed(47)
+    x = torch.randn(5, 3, generator=gen) * 2
+    if target_kind == "soft":
+        targets = torch.rand(5, 3, generator=gen)
+    else:
+        targets = torch.tensor([0, 3, kw.get("ignore_index", IGNORE), 2, 1])
+    module = fk.SigmoidFocalLoss(**kw)
+    a, ga = _value_and_grad(module, x, targets)
+    b, gb = _value_and_grad(fk.sigmoid_focal_loss, x, targets, **kw)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=0)
+
+
+def test_module_forward_weight_and_normalizer_override():
+    x = torch.randn(4, 3)
+    y = torch.rand(4, 3)
+    module = fk.SigmoidFocalLoss(weight=torch.full((3,), 2.0), normalizer=2.0)
+    w = torch.rand(4, 1)
+    got = module(x, y, weight=w, normalizer=5.0)
+    expected = fk.sigmoid_focal_loss(x, y, weight=w, normalizer=5.0)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def _sigmoid_batch_pt(x, targets):
+    """Mean probability of the correct label over valid elements (float64, independent)."""
+    if targets.shape == x.shape:
+        y, valid = targets.double(), torch.ones_like(x, dtype=torch.float64)
+    else:
+        y, valid = index_to_dense(targets, x.shape[-1], IGNORE)
+    p = torch.sigmoid(x.double())
+    p_t = p * y + (1 - p) * (1 - y)
+    return float((p_t * valid).sum() / valid.sum())
+
+
+@pytest.mark.parametrize("target_kind", ["soft", "index"])
+def test_module_auto_gamma(target_kind):
+    gen = torch.Generator().manual_seed(53)
+    module = fk.SigmoidFocalLoss(gamma="auto", alpha=None)
+    assert "p_hat" in module.state_dict()
+    assert float(module.p_hat) == 1.0
+    x1 = torch.randn(6, 3, generator=gen) * 2
+    x2 = torch.randn(6, 3, generator=gen) * 2 + 1
+    if target_kind == "soft":
+        t1 = (torch.rand(6, 3, generator=gen) > 0.5).float()
+        t2 = (torch.rand(6, 3, generator=gen) > 0.5).float()
+    else:
+        t1 = torch.tensor([0, 3, IGNORE, 2, 1, 1])
+        t2 = torch.tensor([3, 3, 0, IGNORE, 2, 0])
+
+    # before any update: gamma = -log(1) = 0, and eval mode does not update
+    module.eval()
+    loss0 = module(x1, t1)
+    assert float(module.p_hat) == 1.0
+    torch.testing.assert_close(loss0, fk.sigmoid_focal_loss(x1, t1, gamma=0.0, alpha=None))
+
+    # first training batch: p_hat = batch mean p_t, gamma = -log(p_hat)
+    module.train()
+    a, ga = _value_and_grad(module, x1, t1)
+    p1 = _sigmoid_batch_pt(x1, t1)
+    assert float(module.p_hat) == pytest.approx(p1, rel=1e-5)
+    b, gb = _value_and_grad(fk.sigmoid_focal_loss, x1, t1, gamma=-math.log(p1), alpha=None)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+
+    # second training batch: EMA with momentum 0.95
+    _value_and_grad(module, x2, t2)
+    p2 = 0.95 * p1 + 0.05 * _sigmoid_batch_pt(x2, t2)
+    assert float(module.p_hat) == pytest.approx(p2, rel=1e-5)
+
+    # eval leaves p_hat alone and uses gamma = -log(p_hat)
+    module.eval()
+    c = module(x1, t1)
+    assert float(module.p_hat) == pytest.approx(p2, rel=1e-5)
+    torch.testing.assert_close(
+        c, fk.sigmoid_focal_loss(x1, t1, gamma=-math.log(p2), alpha=None), rtol=1e-5, atol=1e-7
+    )
+
+    # the buffer round-trips through state_dict
+    fresh = fk.SigmoidFocalLoss(gamma="auto", alpha=None)
+    fresh.load_state_dict(module.state_dict())
+    fresh.eval()
+    torch.testing.assert_close(fresh(x1, t1), c)
+
+
+# ------------------------------------------------------------------------------------------
+# 10. bad input
+# ------------------------------------------------------------------------------------------
+
+
+def _raises(exc, match, fn, *args, **kw):
+    with pytest.raises(exc, match=match):
+        fn(*args, **kw)
+
+
+def test_bad_targets_shape():
+    _raises(ValueError, "targets", fk.sigmoid_focal_loss, torch.randn(4, 3), torch.rand(4, 2))
+
+
+def test_bad_targets_shape_index_rank():
+    labels = torch.zeros(4, 1, dtype=torch.long)  # neither (4, 3) nor (4,)
+    _raises(ValueError, "targets", fk.sigmoid_focal_loss, torch.randn(4, 3), labels)
+
+
+@pytest.mark.parametrize("bad", [4, -1, 17])
+def test_bad_class_index(bad):
+    labels = torch.tensor([0, bad, 3])  # C = 3: 3 is background, 4 is out of range
+    with pytest.raises(ValueError, match="targets") as info:
+        fk.sigmoid_focal_loss(torch.randn(3, 3), labels)
+    assert str(bad) in str(info.value)
+
+
+def test_bad_integer_dense_value():
+    t = torch.tensor([[0, 1, 2]])
+    _raises(ValueError, "targets", fk.sigmoid_focal_loss, torch.randn(1, 3), t)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, float("nan")])
+def test_float_target_outside_unit_interval_validate_true(value):
+    t = torch.tensor([[0.0, value, 1.0]])
+    _raises(ValueError, "targets", fk.sigmoid_focal_loss, torch.randn(1, 3), t, validate=True)
+
+
+def test_float_target_outside_unit_interval_not_checked_by_default():
+    """validate=None reads no float target values (a device sync): no error, finite result."""
+    t = torch.tensor([[0.0, 1.5, 1.0]])
+    loss = fk.sigmoid_focal_loss(torch.randn(1, 3), t)
+    assert torch.isfinite(loss)
+
+
+def test_bad_alpha_length():
+    _raises(
+        ValueError,
+        "alpha",
+        fk.sigmoid_focal_loss,
+        torch.randn(2, 3),
+        torch.rand(2, 3),
+        alpha=torch.tensor([0.25, 0.5]),
+    )
+
+
+def test_negative_gamma():
+    _raises(
+        ValueError, "gamma", fk.sigmoid_focal_loss, torch.randn(2, 3), torch.rand(2, 3), gamma=-0.5
+    )
+
+
+@pytest.mark.parametrize("gamma", ["flsd35", "auto"])
+def test_unknown_gamma_string(gamma):
+    _raises(
+        ValueError, "gamma", fk.sigmoid_focal_loss, torch.randn(2, 3), torch.rand(2, 3), gamma=gamma
+    )
+
+
+def test_unknown_gamma_string_module():
+    _raises(ValueError, "gamma", fk.SigmoidFocalLoss, gamma="adaptive")
+
+
+def test_unknown_reduction():
+    _raises(
+        ValueError,
+        "reduction",
+        fk.sigmoid_focal_loss,
+        torch.randn(2, 3),
+        torch.rand(2, 3),
+        reduction="avg",
+    )
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_normalizer_with_non_mean_reduction(reduction):
+    _raises(
+        ValueError,
+        "normalizer",
+        fk.sigmoid_focal_loss,
+        torch.randn(2, 3),
+        torch.rand(2, 3),
+        reduction=reduction,
+        normalizer=2.0,
+    )
+
+
+def test_integer_logits():
+    _raises(
+        TypeError,
+        "logits",
+        fk.sigmoid_focal_loss,
+        torch.ones(2, 3, dtype=torch.long),
+        torch.rand(2, 3),
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 3), (3, 1, 1), (5, 3)])
+def test_weight_broadcasting_to_larger_shape(shape):
+    _raises(
+        ValueError,
+        "weight",
+        fk.sigmoid_focal_loss,
+        torch.randn(2, 3),
+        torch.rand(2, 3),
+        weight=torch.ones(shape),
+    )
+
+
+def test_class_balanced_weights_beta_one():
+    _raises(ValueError, "beta", fk.class_balanced_weights, [10, 5], beta=1.0)
+
+
+def test_class_balanced_weights_negative_count():
+    _raises(ValueError, "samples_per_class", fk.class_balanced_weights, [10, -5, 3])
+
+
+@pytest.mark.parametrize("pi", [0.0, 1.0, -0.1])
+def test_prior_bias_bad_pi(pi):
+    _raises(ValueError, "pi", fk.prior_bias, pi)

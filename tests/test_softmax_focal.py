@@ -1,0 +1,786 @@
+"""Softmax focal loss and its Module: float64 reference (``_focal_refs``), F.cross_entropy
+equivalence at gamma = 0, numerics, compile, properties and argument checks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import focalkit as fk
+from _focal_refs import softmax_focal_ref
+
+GAMMAS = [0.0, 0.5, 1.0, 2.0, 5.0, "flsd53"]
+REDUCTIONS = ["none", "mean", "sum"]
+IGNORE = -100
+F32 = {"rtol": 1e-5, "atol": 1e-6}
+F64 = {"rtol": 1e-10, "atol": 1e-12}
+HYP = settings(max_examples=50, deadline=None)
+
+
+def _alpha(kind: str, C: int):
+    if kind == "none":
+        return None
+    if kind == "float":
+        return 0.25
+    return torch.linspace(0.1, 0.9, C)
+
+
+def _make(shape, form: str, gen: torch.Generator, *, ignore: bool = True, dtype=torch.float32):
+    """Logits of ``shape`` ((C,), (N, C) or (N, C, d...)) and targets of the given form."""
+    logits = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2).to(dtype)
+    C = shape[0] if len(shape) == 1 else shape[1]
+    if form == "index":
+        index_shape = () if len(shape) == 1 else (shape[0], *shape[2:])
+        targets = torch.randint(0, C, index_shape, generator=gen)
+        if ignore and targets.numel() > 1:
+            flat = targets.view(-1)
+            flat[1] = IGNORE
+            flat[-1] = IGNORE
+        return logits, targets
+    raw = torch.rand(shape, generator=gen, dtype=torch.float64) * 3
+    dim = 0 if len(shape) == 1 else 1
+    targets = torch.softmax(raw, dim=dim).to(dtype)
+    return logits, targets
+
+
+def _value_and_grad(fn, logits, targets, upstream_seed=0, **kw):
+    x = logits.detach().clone().requires_grad_(True)
+    out = fn(x, targets, **kw)
+    if out.dim() == 0:
+        out.backward()
+    else:
+        gen = torch.Generator().manual_seed(upstream_seed)
+        r = torch.rand(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+        (out * r).sum().backward()
+    return out.detach(), x.grad
+
+
+def _ref_value_and_grad(logits, targets, **kw):
+    return _value_and_grad(softmax_focal_ref, logits.double(), targets, **kw)
+
+
+def _assert_close(a, b, tol):
+    torch.testing.assert_close(a.to(b.dtype), b, **tol)
+
+
+# ------------------------------------------------------------------------------------------
+# 1. SPEC check values
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spec_check_values_softmax(dtype):
+    x = torch.tensor([[1.0, 2.0, 0.5]], dtype=dtype)
+    y = torch.tensor([0])
+    plain = fk.softmax_focal_loss(x, y, gamma=2.0)
+    weighted = fk.softmax_focal_loss(
+        x, y, gamma=2.0, alpha=torch.tensor([0.25, 0.5, 0.75], dtype=dtype)
+    )
+    assert plain.dtype == dtype
+    assert plain.item() == pytest.approx(0.8654664, rel=1e-6)
+    assert weighted.item() == pytest.approx(0.2163666, rel=1e-6)
+    # the 1-D (C,) form with a 0-dim target is the same sample
+    assert fk.softmax_focal_loss(x[0], y[0]).item() == pytest.approx(0.8654664, rel=1e-6)
+
+
+def test_spec_check_values_reference():
+    """The independent reference reproduces SPEC's numbers (guards the reference)."""
+    x = torch.tensor([[1.0, 2.0, 0.5]], dtype=torch.float64)
+    y = torch.tensor([0])
+    assert softmax_focal_ref(x, y).item() == pytest.approx(0.8654664, rel=1e-6)
+    a = torch.tensor([0.25, 0.5, 0.75])
+    assert softmax_focal_ref(x, y, alpha=a).item() == pytest.approx(0.2163666, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# 2. values and gradients against the float64 reference
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", ["plain", "weight", "weight_ls"])
+@pytest.mark.parametrize("form", ["index", "prob"])
+@pytest.mark.parametrize("alpha_kind", ["none", "float", "vector"])
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_matches_reference_float32(gamma, alpha_kind, form, options):
+    gen = torch.Generator().manual_seed(101)
+    C = 5
+    logits, targets = _make((8, C), form, gen)
+    kw = {"gamma": gamma, "alpha": _alpha(alpha_kind, C)}
+    if options != "plain":
+        kw["weight"] = torch.tensor([1.0, 0.5, 2.0, 0.25, 1.5])
+    if options == "weight_ls":
+        kw["label_smoothing"] = 0.1
+    for reduction in REDUCTIONS:
+        got, got_g = _value_and_grad(
+            fk.softmax_focal_loss, logits, targets, reduction=reduction, **kw
+        )
+        exp, exp_g = _ref_value_and_grad(logits, targets, reduction=reduction, **kw)
+        assert got.dtype == torch.float32 and got.shape == exp.shape
+        _assert_close(got, exp, F32)
+        _assert_close(got_g, exp_g, F32)
+
+
+@pytest.mark.parametrize("shape", [(7,), (6, 4), (3, 4, 5), (2, 3, 2, 3)])
+@pytest.mark.parametrize("form", ["index", "prob"])
+@pytest.mark.parametrize("gamma", [0.5, 2.0, "flsd53"])
+def test_matches_reference_shapes_float64(shape, form, gamma):
+    gen = torch.Generator().manual_seed(103)
+    C = shape[0] if len(shape) == 1 else shape[1]
+    logits, targets = _make(shape, form, gen, dtype=torch.float64)
+    weight = torch.linspace(0.5, 2.0, C, dtype=torch.float64)
+    for reduction, ls, alpha in itertools.product(REDUCTIONS, [0.0, 0.2], [None, 0.5]):
+        kw = {"gamma": gamma, "weight": weight, "label_smoothing": ls, "alpha": alpha}
+        got, got_g = _value_and_grad(
+            fk.softmax_focal_loss, logits, targets, reduction=reduction, **kw
+        )
+        exp, exp_g = _ref_value_and_grad(logits, targets, reduction=reduction, **kw)
+        assert got.dtype == torch.float64 and got.shape == exp.shape
+        _assert_close(got, exp, F64)
+        _assert_close(got_g, exp_g, F64)
+
+
+def test_alpha_vector_float64_precision():
+    """A float64 alpha vector is used at float64 precision with float64 logits."""
+    gen = torch.Generator().manual_seed(107)
+    logits, targets = _make((6, 3), "index", gen, dtype=torch.float64)
+    alpha = torch.tensor([0.1, 0.3, 0.7], dtype=torch.float64)  # not float32-representable
+    got, got_g = _value_and_grad(fk.softmax_focal_loss, logits, targets, alpha=alpha)
+    exp, exp_g = _ref_value_and_grad(logits, targets, alpha=alpha)
+    _assert_close(got, exp, F64)
+    _assert_close(got_g, exp_g, F64)
+
+
+def test_gamma_tensor_equals_gamma_float():
+    gen = torch.Generator().manual_seed(109)
+    logits, targets = _make((6, 4), "index", gen)
+    a = _value_and_grad(fk.softmax_focal_loss, logits, targets, gamma=torch.tensor(1.5))
+    b = _value_and_grad(fk.softmax_focal_loss, logits, targets, gamma=1.5)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("form", ["index", "prob"])
+@pytest.mark.parametrize(
+    "normalizer",
+    [3.0, 0.5, 0.0, torch.tensor(4.0), torch.tensor(0.0)],
+    ids=["f3", "f0.5", "f0", "t4", "t0"],
+)
+def test_normalizer(normalizer, form):
+    gen = torch.Generator().manual_seed(113)
+    logits, targets = _make((6, 3), form, gen)
+    kw = {"weight": torch.tensor([1.0, 2.0, 0.5])}
+    got, got_g = _value_and_grad(
+        fk.softmax_focal_loss, logits, targets, normalizer=normalizer, **kw
+    )
+    n = float(normalizer)
+    exp, exp_g = _ref_value_and_grad(logits, targets, normalizer=n, **kw)
+    assert torch.isfinite(got) and torch.isfinite(got_g).all()
+    _assert_close(got, exp, F32)
+    _assert_close(got_g, exp_g, F32)
+    summed = fk.softmax_focal_loss(logits, targets, reduction="sum", **kw)
+    _assert_close(got, summed / max(n, 1.0), F32)
+
+
+def test_custom_ignore_index_matches_cross_entropy():
+    gen = torch.Generator().manual_seed(129)
+    logits, targets = _make((6, 4), "index", gen, dtype=torch.float64)
+    targets = torch.where(targets == IGNORE, 255, targets)
+    a = _value_and_grad(fk.softmax_focal_loss, logits, targets, gamma=0.0, ignore_index=255)
+    b = _value_and_grad(F.cross_entropy, logits, targets, ignore_index=255)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_non_contiguous_logits():
+    gen = torch.Generator().manual_seed(127)
+    base = torch.randn(5, 8, generator=gen) * 2
+    logits = base.t()  # (8, 5)
+    targets = torch.tensor([0, 1, 2, 3, 4, IGNORE, 2, 0])
+    assert not logits.is_contiguous()
+    for reduction in REDUCTIONS:
+        got, got_g = _value_and_grad(fk.softmax_focal_loss, logits, targets, reduction=reduction)
+        exp, exp_g = _ref_value_and_grad(logits, targets, reduction=reduction)
+        _assert_close(got, exp, F32)
+        _assert_close(got_g, exp_g, F32)
+
+
+# ------------------------------------------------------------------------------------------
+# 3. extreme logits, low precision, autocast
+# ------------------------------------------------------------------------------------------
+
+EXTREME_LOGITS = [
+    [100.0, -100.0, 0.0, 5.0],
+    [-100.0, 100.0, 0.0, -5.0],
+    [0.0, 0.0, 0.0, 0.0],
+    [30.0, -30.0, 17.0, -17.0],
+    [100.0, 100.0, -100.0, 0.0],
+    [-100.0, -100.0, -100.0, 100.0],
+]
+EXTREME_INDEX = [0, 0, 2, 1, 1, 3]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 1.0, 2.0, 5.0])
+@pytest.mark.parametrize("form", ["index", "prob"])
+def test_finite_gradients_at_extreme_logits(form, gamma, dtype):
+    x = torch.tensor(EXTREME_LOGITS, dtype=dtype, requires_grad=True)
+    if form == "index":
+        targets = torch.tensor(EXTREME_INDEX)
+        kw = {"label_smoothing": 0.0}
+    else:
+        targets = torch.tensor(
+            [[1, 0, 0, 0], [0.5, 0.5, 0, 0], [0.25] * 4, [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+            dtype=dtype,
+        )
+        kw = {"label_smoothing": 0.1}
+    loss = fk.softmax_focal_loss(x, targets, gamma=gamma, reduction="none", **kw)
+    assert loss.dtype == dtype
+    loss.sum().backward()
+    assert x.grad.dtype == dtype
+    assert torch.isfinite(loss).all(), loss
+    assert torch.isfinite(x.grad).all(), x.grad
+    # softmax gradients sum to zero over classes
+    torch.testing.assert_close(
+        x.grad.float().sum(1), torch.zeros(6), atol=1e-2 if dtype != torch.float32 else 1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 2.0, 5.0])
+def test_extreme_logits_float32_close_to_float64(gamma):
+    """float32 at a +-100 spread agrees with the float64 implementation (finite everywhere)."""
+    x = torch.tensor(EXTREME_LOGITS)
+    t = torch.tensor(EXTREME_INDEX)
+    a, ga = _value_and_grad(fk.softmax_focal_loss, x, t, gamma=gamma, reduction="none")
+    b, gb = _value_and_grad(fk.softmax_focal_loss, x.double(), t, gamma=gamma, reduction="none")
+    assert torch.isfinite(gb).all() and torch.isfinite(b).all()
+    torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ga.double(), gb, rtol=1e-5, atol=1e-6)
+    # confidently wrong rows (p_t = e^-200) lose ~200 and keep an O(1) gradient
+    assert a[1].item() == pytest.approx(200.0, rel=1e-4)
+    assert ga[1, 0].item() < -0.5 and ga[1, 1].item() > 0.5
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize(
+    ("dtype", "rtol", "atol"), [(torch.float16, 2e-3, 2e-4), (torch.bfloat16, 1.6e-2, 2e-3)]
+)
+@pytest.mark.parametrize("form", ["index", "prob"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, "flsd53"])
+def test_low_precision_close_to_float32(gamma, form, dtype, rtol, atol, reduction):
+    gen = torch.Generator().manual_seed(131)
+    logits, targets = _make((12, 5), form, gen, dtype=dtype)
+    lo, glo = _value_and_grad(
+        fk.softmax_focal_loss, logits, targets, gamma=gamma, reduction=reduction
+    )
+    t32 = targets.float() if form == "prob" else targets
+    hi, ghi = _value_and_grad(
+        fk.softmax_focal_loss, logits.float(), t32, gamma=gamma, reduction=reduction
+    )
+    assert lo.dtype == dtype and glo.dtype == dtype
+    torch.testing.assert_close(lo.float(), hi, rtol=rtol, atol=atol)
+    torch.testing.assert_close(glo.float(), ghi, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("logit_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("form", ["index", "prob"])
+def test_autocast_bfloat16_returns_float32(form, logit_dtype):
+    gen = torch.Generator().manual_seed(137)
+    logits, targets = _make((6, 4), form, gen, dtype=logit_dtype)
+    t32 = targets.float() if form == "prob" else targets
+    ref, ref_g = _value_and_grad(fk.softmax_focal_loss, logits.float(), t32)
+    x = logits.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = fk.softmax_focal_loss(x, targets)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert x.grad.dtype == logit_dtype
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
+    tol = (
+        {"rtol": 1e-6, "atol": 1e-8}
+        if logit_dtype == torch.float32
+        else {"rtol": 1e-2, "atol": 1e-4}
+    )
+    torch.testing.assert_close(x.grad.float(), ref_g, **tol)
+
+
+# ------------------------------------------------------------------------------------------
+# 4. gradcheck
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "form", "gamma", "ls", "reduction"),
+    [
+        ((5, 4), "index", 0.5, 0.0, "mean"),
+        ((5, 4), "index", 2.0, 0.1, "none"),
+        ((5, 4), "prob", 2.0, 0.1, "mean"),
+        ((5, 4), "prob", 0.5, 0.0, "sum"),
+        ((2, 3, 4), "index", 2.0, 0.2, "mean"),
+        ((4,), "index", "flsd53", 0.0, "sum"),
+    ],
+)
+def test_gradcheck(shape, form, gamma, ls, reduction):
+    gen = torch.Generator().manual_seed(139)
+    logits, targets = _make(shape, form, gen, dtype=torch.float64)
+    C = shape[0] if len(shape) == 1 else shape[1]
+    weight = torch.linspace(0.5, 1.5, C, dtype=torch.float64)
+    x = logits.clone().requires_grad_(True)
+
+    def f(x):
+        return fk.softmax_focal_loss(
+            x,
+            targets,
+            gamma=gamma,
+            weight=weight,
+            label_smoothing=ls,
+            reduction=reduction,
+            alpha=0.5,
+        )
+
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_double_backward_not_silently_wrong():
+    """create_graph=True gives the true second derivative or raises; never a detached grad."""
+    x = torch.tensor([[0.3, -1.0, 2.0]], requires_grad=True)
+    t = torch.tensor([1])
+    try:
+        (g,) = torch.autograd.grad(fk.softmax_focal_loss(x, t), x, create_graph=True)
+    except RuntimeError as e:
+        assert "differentiat" in str(e) or "double backward" in str(e), e
+        return
+    assert g.requires_grad, "first derivative built with create_graph=True is detached"
+    (h,) = torch.autograd.grad((g * torch.tensor([[1.0, 2.0, 3.0]])).sum(), x)
+    xr = x.detach().double().requires_grad_(True)
+    (gr,) = torch.autograd.grad(softmax_focal_ref(xr, t), xr, create_graph=True)
+    (hr,) = torch.autograd.grad((gr * torch.tensor([[1.0, 2.0, 3.0]])).sum(), xr)
+    torch.testing.assert_close(h.double(), hr, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# 5. torch.compile
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("form", "ls"), [("index", 0.0), ("prob", 0.1)])
+def test_torch_compile_matches_eager(form, ls):
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(149)
+    logits, targets = _make((6, 4), form, gen)
+    kw = {"gamma": 2.0, "weight": torch.tensor([1.0, 2.0, 0.5, 1.0]), "label_smoothing": ls}
+    compiled = torch.compile(fk.softmax_focal_loss, fullgraph=True)
+    a, ga = _value_and_grad(compiled, logits, targets, **kw)
+    b, gb = _value_and_grad(fk.softmax_focal_loss, logits, targets, **kw)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+    torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------------------------------
+# 6. empty inputs and all-ignored batches
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("form", ["index", "prob"])
+def test_empty_input_scalar_connected_to_graph(form, reduction):
+    x = torch.zeros(0, 4, requires_grad=True)
+    targets = torch.zeros(0, dtype=torch.long) if form == "index" else torch.zeros(0, 4)
+    loss = fk.softmax_focal_loss(x, targets, reduction=reduction)
+    assert loss.shape == () and loss.item() == 0.0
+    assert loss.requires_grad
+    loss.backward()
+    assert x.grad is not None and x.grad.shape == (0, 4)
+
+
+@pytest.mark.parametrize("form", ["index", "prob"])
+def test_empty_input_none_reduction(form):
+    x = torch.zeros(0, 4, requires_grad=True)
+    targets = torch.zeros(0, dtype=torch.long) if form == "index" else torch.zeros(0, 4)
+    loss = fk.softmax_focal_loss(x, targets, reduction="none")
+    assert loss.shape == (0,)
+    loss.sum().backward()
+    assert x.grad.shape == (0, 4)
+
+
+def test_empty_spatial_input():
+    x = torch.zeros(2, 3, 0, requires_grad=True)
+    loss = fk.softmax_focal_loss(x, torch.zeros(2, 0, dtype=torch.long))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert x.grad.shape == (2, 3, 0)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (4,), (2, 4, 3)])
+@pytest.mark.parametrize("ls", [0.0, 0.1])
+@pytest.mark.parametrize("weight", [None, torch.tensor([1.0, 2.0, 0.5, 1.0])])
+def test_all_ignored_mean_is_zero_with_zero_grads(shape, ls, weight):
+    """focalkit returns 0 (torch's F.cross_entropy returns NaN) for an all-ignored mean."""
+    x = torch.randn(shape, requires_grad=True)
+    index_shape = () if len(shape) == 1 else (shape[0], *shape[2:])
+    targets = torch.full(index_shape, IGNORE)
+    for gamma in [0.0, 2.0]:
+        x.grad = None
+        loss = fk.softmax_focal_loss(x, targets, gamma=gamma, weight=weight, label_smoothing=ls)
+        assert loss.item() == 0.0
+        loss.backward()
+        assert bool((x.grad == 0).all())
+
+
+# ------------------------------------------------------------------------------------------
+# 7. gamma = 0, alpha = None is F.cross_entropy, for every option
+# ------------------------------------------------------------------------------------------
+
+_CE_CASES = [
+    (shape, form, weighted, ls, reduction)
+    for shape in [(6, 4), (3, 4, 2, 3), (4,)]
+    for form in ["index", "index_ignore", "prob"]
+    for weighted in [False, True]
+    for ls in [0.0, 0.1]
+    for reduction in REDUCTIONS
+    if not (shape == (4,) and form == "index_ignore")
+]
+
+
+@pytest.mark.parametrize(("shape", "form", "weighted", "ls", "reduction"), _CE_CASES)
+def test_gamma_zero_equals_cross_entropy(shape, form, weighted, ls, reduction):
+    gen = torch.Generator().manual_seed(151)
+    logits, targets = _make(
+        shape,
+        "prob" if form == "prob" else "index",
+        gen,
+        ignore=form == "index_ignore",
+        dtype=torch.float64,
+    )
+    C = shape[0] if len(shape) == 1 else shape[1]
+    kw = {
+        "weight": torch.linspace(0.5, 2.0, C, dtype=torch.float64) if weighted else None,
+        "label_smoothing": ls,
+        "reduction": reduction,
+        "ignore_index": IGNORE,
+    }
+    a, ga = _value_and_grad(fk.softmax_focal_loss, logits, targets, gamma=0.0, alpha=None, **kw)
+    b, gb = _value_and_grad(F.cross_entropy, logits, targets, **kw)
+    assert a.shape == b.shape and a.dtype == b.dtype
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("form", ["index", "prob"])
+def test_gamma_zero_equals_cross_entropy_float32(form):
+    gen = torch.Generator().manual_seed(157)
+    logits, targets = _make((16, 5), form, gen)
+    kw = {"weight": torch.tensor([1.0, 0.5, 2.0, 1.0, 3.0]), "label_smoothing": 0.05}
+    a, ga = _value_and_grad(fk.softmax_focal_loss, logits, targets, gamma=0.0, alpha=None, **kw)
+    b, gb = _value_and_grad(F.cross_entropy, logits, targets, **kw)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------
+# 8. properties
+# ------------------------------------------------------------------------------------------
+
+_row = st.lists(st.floats(-20, 20), min_size=2, max_size=6)
+
+
+@HYP
+@given(row=_row, data=st.data(), gamma=st.floats(0, 5))
+def test_property_focal_le_cross_entropy(row, data, gamma):
+    """Softmax focal loss <= cross-entropy per sample for every gamma >= 0 (alpha None)."""
+    x = torch.tensor([row], dtype=torch.float64)
+    y = torch.tensor([data.draw(st.integers(0, len(row) - 1))])
+    fl = fk.softmax_focal_loss(x, y, gamma=gamma, reduction="none")
+    ce = F.cross_entropy(x, y, reduction="none")
+    assert bool((fl <= ce * (1 + 1e-9)).all()), (fl, ce)
+
+
+@HYP
+@given(row=_row, data=st.data(), gamma=st.floats(0, 5), dx=st.floats(1e-2, 5))
+def test_property_strictly_decreasing_in_pt(row, data, gamma, dx):
+    """Raising the target logit raises p_t and strictly lowers the focal loss (SPEC errata)."""
+    y = data.draw(st.integers(0, len(row) - 1))
+    x1 = torch.tensor([row], dtype=torch.float64)
+    x2 = x1.clone()
+    x2[0, y] += dx
+    t = torch.tensor([y])
+    p1 = torch.softmax(x1, 1)[0, y]
+    assume(float(p1) < 1 - 1e-6)  # p_t must be able to grow visibly in float64
+    l1 = fk.softmax_focal_loss(x1, t, gamma=gamma)
+    l2 = fk.softmax_focal_loss(x2, t, gamma=gamma)
+    assert l2 < l1, (l1, l2)
+
+
+@HYP
+@given(
+    rows=st.lists(st.lists(st.floats(-6, 6), min_size=3, max_size=3), min_size=1, max_size=6),
+    data=st.data(),
+)
+def test_property_flsd53_piecewise_gamma(rows, data):
+    """FLSD-53 equals gamma 5 where p_t < 0.2 and gamma 3 elsewhere (value and gradient)."""
+    x = torch.tensor(rows, dtype=torch.float64)
+    t = torch.tensor(data.draw(st.lists(st.integers(0, 2), min_size=len(rows), max_size=len(rows))))
+    p_t = torch.softmax(x, 1).gather(1, t[:, None])[:, 0]
+    assume(bool(((p_t - 0.2).abs() > 1e-9).all()))
+    got, g = _value_and_grad(fk.softmax_focal_loss, x, t, gamma="flsd53", reduction="none")
+    five, g5 = _value_and_grad(fk.softmax_focal_loss, x, t, gamma=5.0, reduction="none")
+    three, g3 = _value_and_grad(fk.softmax_focal_loss, x, t, gamma=3.0, reduction="none")
+    hard = p_t < 0.2
+    torch.testing.assert_close(got, torch.where(hard, five, three), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(g, torch.where(hard[:, None], g5, g3), rtol=1e-12, atol=1e-15)
+
+
+@HYP
+@given(row=_row, data=st.data(), gamma=st.floats(0, 5))
+def test_property_index_equals_one_hot_probability(row, data, gamma):
+    """Index targets equal one-hot probability targets (per-class form, t one-hot)."""
+    x = torch.tensor([row], dtype=torch.float64)
+    y = data.draw(st.integers(0, len(row) - 1))
+    onehot = F.one_hot(torch.tensor([y]), len(row)).double()
+    a, ga = _value_and_grad(fk.softmax_focal_loss, x, torch.tensor([y]), gamma=gamma)
+    b, gb = _value_and_grad(fk.softmax_focal_loss, x, onehot, gamma=gamma)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-300)
+    torch.testing.assert_close(ga, gb, rtol=1e-10, atol=1e-14)
+
+
+# ------------------------------------------------------------------------------------------
+# 9. Module
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"alpha": 0.5, "gamma": 0.5, "reduction": "sum"},
+        {"alpha": torch.tensor([0.2, 0.4, 0.6, 0.8]), "gamma": "flsd53", "reduction": "none"},
+        {"weight": torch.tensor([1.0, 2.0, 0.5, 1.0]), "label_smoothing": 0.1, "ignore_index": -1},
+        {"gamma": 1.0, "normalizer": 3.0},
+    ],
+)
+@pytest.mark.parametrize("form", ["index", "prob"])
+def test_module_equals_function(kw, form):
+    gen = torch.Generator().manual_seed(163)
+    logits, targets = _make((6, 4), form, gen)
+    if form == "index":
+        targets[targets == IGNORE] = 0
+        targets[2] = kw.get("ignore_index", IGNORE)
+    module = fk.SoftmaxFocalLoss(**kw)
+    a, ga = _value_and_grad(module, logits, targets)
+    b, gb = _value_and_grad(fk.softmax_focal_loss, logits, targets, **kw)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=0)
+
+
+def test_module_forward_normalizer_override():
+    gen = torch.Generator().manual_seed(167)
+    logits, targets = _make((6, 4), "index", gen)
+    module = fk.SoftmaxFocalLoss(normalizer=2.0)
+    got = module(logits, targets, normalizer=5.0)
+    torch.testing.assert_close(got, fk.softmax_focal_loss(logits, targets, normalizer=5.0))
+
+
+def test_module_weight_follows_module_to():
+    """The per-class weight is a buffer: it is in state_dict and follows .to(dtype)."""
+    module = fk.SoftmaxFocalLoss(weight=torch.tensor([1.0, 2.0, 0.5]))
+    assert "weight" in module.state_dict()
+    module = module.double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 1])
+    expected = fk.softmax_focal_loss(
+        x, t, weight=torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    )
+    torch.testing.assert_close(module(x, t), expected)
+
+
+def _softmax_batch_pt(x, targets):
+    """Mean softmax probability of the correct class over non-ignored targets (float64)."""
+    dim = 0 if x.dim() == 1 else 1
+    p = torch.softmax(x.double(), dim=dim)
+    if targets.shape == x.shape and targets.is_floating_point():
+        return float((p * targets.double()).sum(dim).mean())
+    p = p.movedim(dim, -1).reshape(-1, p.shape[dim])
+    t = targets.reshape(-1)
+    keep = t != IGNORE
+    return float(p[keep].gather(1, t[keep][:, None]).mean())
+
+
+@pytest.mark.parametrize(
+    ("shape", "form"), [((6, 4), "index"), ((2, 4, 3), "index"), ((5, 4), "prob")]
+)
+def test_module_auto_gamma(shape, form):
+    gen = torch.Generator().manual_seed(173)
+    module = fk.SoftmaxFocalLoss(gamma="auto")
+    assert "p_hat" in module.state_dict()
+    assert float(module.p_hat) == 1.0
+    x1, t1 = _make(shape, form, gen)
+    x2, t2 = _make(shape, form, gen)
+
+    # before any update gamma = 0; eval mode does not update p_hat
+    module.eval()
+    loss0 = module(x1, t1)
+    assert float(module.p_hat) == 1.0
+    torch.testing.assert_close(loss0, fk.softmax_focal_loss(x1, t1, gamma=0.0))
+
+    module.train()
+    a, ga = _value_and_grad(module, x1, t1)
+    p1 = _softmax_batch_pt(x1, t1)
+    assert float(module.p_hat) == pytest.approx(p1, rel=1e-5)
+    b, gb = _value_and_grad(fk.softmax_focal_loss, x1, t1, gamma=-math.log(p1))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+
+    _value_and_grad(module, x2, t2)
+    p2 = 0.95 * p1 + 0.05 * _softmax_batch_pt(x2, t2)
+    assert float(module.p_hat) == pytest.approx(p2, rel=1e-5)
+
+    module.eval()
+    c = module(x2, t2)
+    assert float(module.p_hat) == pytest.approx(p2, rel=1e-5)
+    torch.testing.assert_close(
+        c, fk.softmax_focal_loss(x2, t2, gamma=-math.log(p2)), rtol=1e-5, atol=1e-7
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# 10. bad input
+# ------------------------------------------------------------------------------------------
+
+
+def _raises(exc, match, fn, *args, **kw):
+    with pytest.raises(exc, match=match):
+        fn(*args, **kw)
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [torch.zeros(4, dtype=torch.long), torch.zeros(3, 1, dtype=torch.long), torch.rand(3, 5)],
+    ids=["index-len", "index-rank", "prob-shape"],
+)
+def test_bad_targets_shape(targets):
+    _raises(ValueError, "targets", fk.softmax_focal_loss, torch.randn(3, 4), targets)
+
+
+def test_bad_targets_float_index_shape():
+    """Float targets of the index shape are neither form."""
+    _raises(ValueError, "targets", fk.softmax_focal_loss, torch.randn(3, 4), torch.zeros(3))
+
+
+@pytest.mark.parametrize("bad", [4, -1, 99])
+def test_bad_class_index(bad):
+    targets = torch.tensor([0, bad, 2])  # C = 4: 4 is out of range for softmax
+    with pytest.raises(ValueError, match="targets") as info:
+        fk.softmax_focal_loss(torch.randn(3, 4), targets)
+    assert str(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1])
+def test_prob_target_outside_unit_interval_validate_true(value):
+    t = torch.tensor([[0.5, value, 0.0]])
+    _raises(ValueError, "targets", fk.softmax_focal_loss, torch.randn(1, 3), t, validate=True)
+
+
+def test_prob_target_outside_unit_interval_not_checked_by_default():
+    """validate=None does not read probability-target values (that would sync)."""
+    t = torch.tensor([[0.5, 1.5, 0.0]])
+    assert torch.isfinite(fk.softmax_focal_loss(torch.randn(1, 3), t))
+
+
+def test_bad_alpha_length():
+    _raises(
+        ValueError,
+        "alpha",
+        fk.softmax_focal_loss,
+        torch.randn(2, 3),
+        torch.tensor([0, 1]),
+        alpha=torch.tensor([0.25, 0.5]),
+    )
+
+
+def test_negative_gamma():
+    _raises(
+        ValueError,
+        "gamma",
+        fk.softmax_focal_loss,
+        torch.randn(2, 3),
+        torch.tensor([0, 1]),
+        gamma=-1.0,
+    )
+
+
+@pytest.mark.parametrize("gamma", ["flsd", "auto"])
+def test_unknown_gamma_string(gamma):
+    _raises(
+        ValueError,
+        "gamma",
+        fk.softmax_focal_loss,
+        torch.randn(2, 3),
+        torch.tensor([0, 1]),
+        gamma=gamma,
+    )
+
+
+def test_unknown_gamma_string_module():
+    _raises(ValueError, "gamma", fk.SoftmaxFocalLoss, gamma="Auto")
+
+
+def test_unknown_reduction():
+    _raises(
+        ValueError,
+        "reduction",
+        fk.softmax_focal_loss,
+        torch.randn(2, 3),
+        torch.tensor([0, 1]),
+        reduction="batchmean",
+    )
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_normalizer_with_non_mean_reduction(reduction):
+    _raises(
+        ValueError,
+        "normalizer",
+        fk.softmax_focal_loss,
+        torch.randn(2, 3),
+        torch.tensor([0, 1]),
+        reduction=reduction,
+        normalizer=torch.tensor(3.0),
+    )
+
+
+def test_integer_logits():
+    _raises(
+        TypeError,
+        "logits",
+        fk.softmax_focal_loss,
+        torch.ones(2, 3, dtype=torch.long),
+        torch.tensor([0, 1]),
+    )
+
+
+@pytest.mark.parametrize("shape", [(2,), (4,), (1, 3), (2, 3)])
+def test_bad_weight_shape(shape):
+    _raises(
+        ValueError,
+        "weight",
+        fk.softmax_focal_loss,
+        torch.randn(2, 3),
+        torch.tensor([0, 1]),
+        weight=torch.ones(shape),
+    )
+
+
+@pytest.mark.parametrize("ls", [-0.1, 1.5])
+def test_label_smoothing_outside_unit_interval(ls):
+    _raises(
+        ValueError,
+        "label_smoothing",
+        fk.softmax_focal_loss,
+        torch.randn(2, 3),
+        torch.tensor([0, 1]),
+        label_smoothing=ls,
+    )
