@@ -25,10 +25,12 @@ figure: $(BIN)/.focalkit-installed
 
 test: $(BIN)/.focalkit-installed
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q -n 2 $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 tests --doctest-modules src/focalkit/functional src/focalkit/nn src/focalkit/distributed.py $(ARGS)
 
 bench: $(BIN)/.focalkit-installed
-	$(BIN)/python benchmarks/bench_cpu.py $(ARGS)
+	$(BIN)/python benchmarks/bench_focal_cpu.py --json benchmarks/results/focal_cpu.json
+	$(BIN)/python benchmarks/bench_ghm_box.py --json benchmarks/results/ghm_box_cpu.json
+	$(BIN)/python benchmarks/render_readme.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -25,7 +25,7 @@ import torch
 _STATUS = Path("/proc/self/status")
 
 
-def _fix_mmap_threshold() -> None:
+def fix_mmap_threshold() -> None:
     """Make glibc serve every block >= 64 KiB with mmap and give it back on free, so that the
     resident high-water mark measures peak memory (by default the threshold grows after the
     first large free and later blocks stay in the heap, invisible to VmHWM)."""
@@ -47,7 +47,12 @@ def _status_kib(field: str) -> int:
 
 
 def peak_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Extra memory at the peak of one ``fn()`` call (None where it cannot be measured)."""
+    """Extra memory at the peak of one ``fn()`` call (None where it cannot be measured).
+
+    On CPU call :func:`fix_mmap_threshold` first, in a process of its own (see
+    :func:`peak_bytes_in_child`): it changes the allocator, so timings there are not comparable.
+    """
+    fn()  # lazy initialisation outside the measurement
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -65,6 +70,45 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
     start = _status_kib("VmRSS")
     fn()
     return (_status_kib("VmHWM") - start) * 1024
+
+
+def peak_bytes_in_child(script: str, args: list[str]) -> int | None:
+    """Run ``python script *args`` (which prints one JSON number: the peak bytes) and return it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, script, *args], check=True, capture_output=True, text=True
+    ).stdout.strip().splitlines()
+    value = json.loads(out[-1]) if out else None
+    return None if value is None else int(value)
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    *,
+    repeat: int,
+    warmup: int = 1,
+    rounds: int = 3,
+) -> dict[str, float]:
+    """Median seconds of each function, timed in alternating blocks (A A A, B B B, A A A, ...)
+    so that background load affects every variant alike. Each block starts with ``warmup``
+    untimed calls, so one variant's allocations and cache state do not tax the next."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    per_block = max(1, -(-repeat // rounds))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(warmup):
+                fn()
+            sync()
+            for _ in range(per_block):
+                start = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, *, repeat: int, warmup: int = 1) -> float:

@@ -10,6 +10,7 @@ No torch.compile is involved: both sides run eagerly from the first call.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -18,7 +19,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import focalkit as fk
-from _harness import environment, fmt_bytes, median_seconds, peak_bytes, write_json_atomic
+from _harness import (
+    environment,
+    fix_mmap_threshold,
+    fmt_bytes,
+    interleaved_medians,
+    peak_bytes,
+    peak_bytes_in_child,
+    write_json_atomic,
+)
 
 
 def eager_focal(logits, targets, alpha: float = 0.25, gamma: float = 2.0):
@@ -63,21 +72,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=80)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--json", type=Path, default=None, help="write results here (atomically)")
+    parser.add_argument("--peak-of", default=None, help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
 
     device = torch.device("cpu")
+    if args.peak_of is not None:
+        fix_mmap_threshold()
     logits, dense, labels = make_inputs(args.numel, args.classes)
     variants = {
         "eager formula (dense targets)": (eager_focal, dense),
         "focalkit (dense targets)": (fk.sigmoid_focal_loss, dense),
         "focalkit (class-index targets)": (fk.sigmoid_focal_loss, labels),
     }
+    steps = {name: fwd_bwd(fn, logits, targets) for name, (fn, targets) in variants.items()}
+    if args.peak_of is not None:
+        print(json.dumps(peak_bytes(steps[args.peak_of], device)))
+        return 0
+    seconds = interleaved_medians(steps, device, repeat=args.repeat, warmup=2)
     rows = {}
-    for name, (fn, targets) in variants.items():
-        step = fwd_bwd(fn, logits, targets)
-        seconds = median_seconds(step, device, repeat=args.repeat, warmup=2)
-        peak = peak_bytes(step, device)
-        rows[name] = {"seconds": seconds, "peak_bytes": peak}
+    for name in variants:
+        child_args = ["--numel", str(args.numel), "--classes", str(args.classes), "--peak-of", name]
+        peak = peak_bytes_in_child(__file__, child_args)
+        rows[name] = {"seconds": seconds[name], "peak_bytes": peak}
 
     base = rows["eager formula (dense targets)"]
     print(f"sigmoid focal loss, forward+backward, {logits.numel():,} logits "

@@ -48,7 +48,7 @@ Alpha = float | Sequence[float] | Tensor | None
 # Elements per chunk on the eager CPU path: small enough that the ~10 temporaries of one chunk
 # stay in cache, large enough that each op still splits across threads. Measured by
 # benchmarks/bench_cpu.py; torch.compile and accelerators process the tensor in one piece.
-CHUNK_ELEMENTS = 1 << 16
+CHUNK_ELEMENTS = 1 << 18
 FLSD_THRESHOLD = 0.2  # Mukhoti et al.: gamma = 5 if p_t < 0.2 else 3
 _TINY = 1e-30
 
@@ -210,6 +210,29 @@ def _soft_terms(
     return loss, _times(grad, alpha_t)
 
 
+def _binary_terms(
+    x: Tensor,
+    y: Tensor,
+    gamma: _GammaPlan,
+    alpha_pos: Tensor | None,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Dense targets known to be exactly 0 or 1: ``z = x (1 - 2y)`` turns every element into
+    the negative case of :func:`_hard_terms` (about half the ops of :func:`_soft_terms`)."""
+    z = torch.addcmul(x, x, y, value=-2)  # exact: x or -x
+    alpha_t = None if alpha_pos is None else torch.lerp(1 - alpha_pos, alpha_pos, y)
+    loss, grad_z = _hard_terms(z, gamma, alpha_t, need_grad)
+    if grad_z is None:
+        return loss, None
+    return loss, grad_z.addcmul_(grad_z, y, value=-2)  # d z / d x = 1 - 2y
+
+
+def _is_binary(y: Tensor) -> bool:
+    """True if every entry is exactly 0 or 1 (sum |y - y^2| == 0; a sum is several times
+    cheaper than ``any`` on CPU). Reads values, so it is used on CPU in eager mode only."""
+    return float(torch.addcmul(y, y, y, value=-1).abs_().sum()) == 0.0
+
+
 def _index_terms(
     x: Tensor,
     labels: Tensor,
@@ -234,11 +257,11 @@ def _index_terms(
     loss_pos, grad_pos = _hard_terms(torch.neg(x_pos), gamma, a_pos, need_grad)
     pos = is_pos.unsqueeze(-1)
     row_valid = valid.unsqueeze(-1).to(x.dtype)
-    loss = loss.scatter(-1, col, torch.where(pos, loss_pos, loss.gather(-1, col)))
-    loss = loss.mul_(row_valid)
+    # loss and grad are fresh temporaries of this chunk: update them in place
+    loss.scatter_(-1, col, torch.where(pos, loss_pos, loss.gather(-1, col))).mul_(row_valid)
     if grad is not None:
-        grad = grad.scatter(-1, col, torch.where(pos, grad_pos.neg(), grad.gather(-1, col)))
-        grad = grad.mul_(row_valid)
+        grad.scatter_(-1, col, torch.where(pos, grad_pos.neg(), grad.gather(-1, col)))
+        grad.mul_(row_valid)
     return loss, grad
 
 
@@ -282,6 +305,8 @@ def _sigmoid_forward(
     out = None if spec.reduce_sum else torch.empty((rows, cols), dtype=cdtype, device=logits.device)
     total = torch.zeros((), dtype=cdtype, device=logits.device)
     step = _rows_per_chunk(rows, cols, logits.device)
+    chunked = step < rows or (logits.device.type == "cpu" and not is_compiling())
+    binary = v2 is not None  # integer dense targets: hard 0/1 by construction
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         xs = x2[start:stop].to(cdtype)
@@ -289,7 +314,8 @@ def _sigmoid_forward(
             loss, g = _index_terms(xs, t2[start:stop], v2[start:stop], spec.gamma, alpha_pos, need_grad)
         else:
             ys = t2[start:stop].to(cdtype)
-            loss, g = _soft_terms(xs, ys, spec.gamma, alpha_pos, need_grad)
+            terms = _binary_terms if (binary or (chunked and _is_binary(ys))) else _soft_terms
+            loss, g = terms(xs, ys, spec.gamma, alpha_pos, need_grad)
             if v2 is not None:
                 vs = v2[start:stop].to(cdtype)
                 loss = loss * vs
@@ -310,7 +336,9 @@ def _sigmoid_forward(
 
 
 class _SigmoidFocalFunction(torch.autograd.Function):
-    """Forward returns the loss and stores its gradient; backward scales it by grad_output.
+    """Forward returns the loss and keeps its gradient; backward scales that gradient by
+    ``grad_output`` in place (no second full-size tensor). A later backward through the same
+    graph (``retain_graph=True``) recomputes the gradient, so it stays exact.
 
     ``weight`` may require grad (d loss / d weight is the unweighted loss, recomputed);
     targets, alpha and gamma are constants.
@@ -322,16 +350,21 @@ class _SigmoidFocalFunction(torch.autograd.Function):
         loss, grad = _sigmoid_forward(logits, target, valid, weight, alpha_pos, spec, need_grad)
         ctx.spec = spec
         ctx.logits_dtype = logits.dtype
-        ctx.save_for_backward(grad, logits, target, valid, weight, alpha_pos)
+        ctx.grad = grad  # not save_for_backward: it is consumed in place by the first backward
+        ctx.save_for_backward(logits, target, valid, weight, alpha_pos)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         _refuse_double_backward()
-        grad, logits, target, valid, weight, alpha_pos = ctx.saved_tensors
+        logits, target, valid, weight, alpha_pos = ctx.saved_tensors
         grad_logits = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_logits = (grad * grad_output).to(ctx.logits_dtype)
+            grad = ctx.grad
+            ctx.grad = None
+            if grad is None:  # a second backward through a retained graph
+                _, grad = _sigmoid_forward(logits, target, valid, weight, alpha_pos, ctx.spec, True)
+            grad_logits = grad.mul_(grad_output).to(ctx.logits_dtype)
         if ctx.needs_input_grad[3]:
             spec = ctx.spec._replace(reduce_sum=False)
             unweighted, _ = _sigmoid_forward(logits, target, valid, None, alpha_pos, spec, False)

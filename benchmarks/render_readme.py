@@ -1,0 +1,105 @@
+"""Render the README's benchmark tables from the JSON under benchmarks/results/.
+
+    python benchmarks/render_readme.py          # rewrite the block between the bench markers
+    python benchmarks/render_readme.py --check  # exit 1 if the README is out of date
+
+The README never carries a typed-in number: this script is the only writer of that block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def _env_line(env: dict) -> str:
+    return (
+        f"*{env['device']} ({env['device_name']}), {env['threads']} threads, "
+        f"torch {env['torch']}, focalkit {env['focalkit']}*"
+    )
+
+
+def focal_table(data: dict) -> str:
+    rows = data["results"]
+    shape = " x ".join(str(s) for s in data["shape"])
+    lines = [
+        f"Sigmoid focal loss, forward + backward, {data['numel']:,} float32 logits ({shape}), "
+        "against the eager torchvision formula (`python benchmarks/bench_focal_cpu.py`). "
+        + _env_line(data["environment"]),
+        "",
+        "| variant | time (ms) | peak memory (MiB) | speed-up vs eager | memory vs eager |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in rows.items():
+        peak = "n/a" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**20:.1f}"
+        mem = "n/a" if row["memory_vs_eager"] is None else f"{row['memory_vs_eager']:.2f}"
+        lines.append(
+            f"| {name} | {row['seconds'] * 1e3:.1f} | {peak} | "
+            f"{row['speedup_vs_eager']:.2f}x | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def ghm_box_table(data: dict) -> str:
+    lines = [
+        "GHM-C against the per-bin loop with `.item()` (the mmdetection/official formulation), "
+        "GHM-R against its loop, and the box losses against their plain eager formulas, "
+        "forward + backward (`python benchmarks/bench_ghm_box.py`). "
+        + _env_line(data["environment"]),
+        "",
+        "| loss | elements | baseline (ms) | focalkit (ms) | speed-up |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in data["rows"]:
+        lines.append(
+            f"| {row['name']} | {row['size']:,} | {row['baseline_ms']:.2f} | "
+            f"{row['focalkit_ms']:.2f} | {row['ratio']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+RENDERERS = {"focal_cpu.json": focal_table, "ghm_box_cpu.json": ghm_box_table}
+
+
+def render() -> str:
+    parts = []
+    for name, renderer in RENDERERS.items():
+        path = RESULTS / name
+        if path.exists():
+            parts.append(renderer(json.loads(path.read_text())))
+        else:
+            parts.append(f"*No results yet for `{name}`: run `make bench`.*")
+    return "\n\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{render()}\n{END}{tail}"
+    if args.check:
+        if new != text:
+            print("README benchmark tables are out of date: run python benchmarks/render_readme.py")
+            return 1
+        return 0
+    fd, tmp = tempfile.mkstemp(dir=readme.parent, prefix=".README.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(new)
+    os.replace(tmp, readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

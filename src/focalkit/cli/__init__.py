@@ -1,0 +1,222 @@
+"""The ``focalkit`` command line: a thin shell over library calls.
+
+    focalkit demo [--quick | --full] [--out DIR] [--device auto|cpu|cuda] [--seeds N]
+                  [--only classification|detection] [--force]
+    focalkit plot focal-curves [--out FILE]
+    focalkit report [--out DIR]
+    focalkit --version
+
+Bad options print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+PROG = "focalkit"
+
+
+class _UsageError(Exception):
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line (no usage block) instead of exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(self.prog, message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _version() -> str:
+    import focalkit
+
+    return f"{PROG} {focalkit.__version__}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="focalkit: class-imbalance losses for PyTorch, with a reproducible demo.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the classification and detection studies and write a report",
+        description=(
+            "Run Study 1 (long-tailed digit classification: ce, cb_ce, focal, flsd53, auto) and "
+            "Study 2 (synthetic detection: classification and box losses) over several seeds, "
+            "one JSON record per run, then write results.json, figures and report.md. A rerun "
+            "with the same options reuses the finished runs whose stored configuration matches."
+        ),
+    )
+    size = demo.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick", action="store_true", help="smallest setting (about a minute on a CPU)"
+    )
+    size.add_argument("--full", action="store_true", help="larger setting, meant for a GPU")
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("focalkit-report"),
+        metavar="DIR",
+        help="output directory (default: ./focalkit-report)",
+    )
+    demo.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto picks cuda when available (default: auto)",
+    )
+    demo.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="seeds per configuration (default: 3 for classification, 2 for detection)",
+    )
+    demo.add_argument(
+        "--only", choices=("classification", "detection"), default=None, help="run one study"
+    )
+    demo.add_argument(
+        "--force", action="store_true", help="recompute every run, ignoring stored records"
+    )
+
+    plot = commands.add_parser("plot", help="draw a figure", description="Draw a figure.")
+    figures = plot.add_subparsers(dest="figure", metavar="FIGURE", parser_class=_Parser)
+    figures.required = True
+    curves = figures.add_parser(
+        "focal-curves",
+        help="focal loss and its gradient against p_t (Fig. 1 of arXiv 1708.02002)",
+        description=(
+            "Plot the focal loss and its gradient magnitude with respect to the logit against "
+            "p_t for gamma 0, 0.5, 1, 2, 5, computed with focalkit.sigmoid_focal_loss and "
+            "autograd."
+        ),
+    )
+    curves.add_argument(
+        "--out",
+        type=Path,
+        default=Path("focal-curves.png"),
+        metavar="FILE",
+        help="PNG file to write (default: focal-curves.png)",
+    )
+
+    report = commands.add_parser(
+        "report",
+        help="redraw the figures and report.md from an existing results.json",
+        description="Redraw the figures and report.md of a demo output directory from its "
+        "results.json (no training).",
+    )
+    report.add_argument(
+        "--out",
+        type=Path,
+        default=Path("focalkit-report"),
+        metavar="DIR",
+        help="demo output directory holding results.json (default: ./focalkit-report)",
+    )
+    return parser
+
+
+def _resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise _UsageError(f"{PROG} demo", "--device cuda: CUDA is not available on this machine")
+    return requested
+
+
+def _demo(args: argparse.Namespace, argv: list[str], console) -> int:
+    from .demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        preset="quick" if args.quick else "full" if args.full else "default",
+        out_dir=args.out,
+        device=_resolve_device(args.device),
+        seeds=args.seeds,
+        only=args.only,
+        force=args.force,
+        argv=tuple(argv),
+    )
+    return run_demo(options, console)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .console import log
+    from .focal_curves import focal_curve_data
+    from .plots import plot_focal_curves
+
+    path = plot_focal_curves(focal_curve_data(), args.out)
+    log.info("wrote %s", path.resolve())
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .console import log
+    from .records import read_record
+    from .report import write_report
+
+    results = read_record(args.out / "results.json")
+    if results is None:
+        raise _UsageError(
+            f"{PROG} report",
+            f"--out {args.out}: no readable results.json there (run focalkit demo)",
+        )
+    path = write_report(results, args.out)
+    log.info("report: %s", path.resolve())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``focalkit`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help / --version
+            return int(exc.code or 0)
+        from .console import setup_logging
+
+        console = setup_logging()
+        if args.command == "demo":
+            return _demo(args, argv, console)
+        if args.command == "plot":
+            return _plot(args)
+        return _report(args)
+    except _UsageError as exc:
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"{PROG}: interrupted; finished runs are saved, rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as exc:
+        from .demo import DemoError
+
+        if isinstance(exc, DemoError):
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 1
+        raise

@@ -1,0 +1,153 @@
+"""Terminal output of the command line: logging, progress bars with ETA (rich), plain log lines
+instead of bars when stderr is not a terminal (or ``CI`` is set), and the summary table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+__all__ = ["RunProgress", "interactive", "log", "print_table", "setup_logging"]
+
+log = logging.getLogger("focalkit.cli")
+
+_HANDLER_FLAG = "_focalkit_cli_handler"
+
+
+def interactive() -> bool:
+    """Live progress bars only on a real terminal outside CI."""
+    if os.environ.get("CI") or os.environ.get("TERM") == "dumb":
+        return False
+    return sys.stderr.isatty()
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(file=sys.stderr, stderr=True)
+
+
+def setup_logging(level: int = logging.INFO):
+    """(Re)install the one handler of the ``focalkit.cli`` logger on the current stderr and
+    return the rich console progress bars must share (``None`` when not interactive)."""
+    for handler in list(log.handlers):
+        if getattr(handler, _HANDLER_FLAG, False):
+            log.removeHandler(handler)
+    console = None
+    if interactive():
+        from rich.logging import RichHandler
+
+        console = _stderr_console()
+        handler: logging.Handler = RichHandler(
+            console=console, show_path=False, show_time=False, markup=False
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("focalkit: %(message)s"))
+    setattr(handler, _HANDLER_FLAG, True)
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+    return console
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    minutes, sec = divmod(seconds, 60)
+    return (
+        f"{minutes}:{sec:02d}" if minutes < 60 else f"{minutes // 60}:{minutes % 60:02d}:{sec:02d}"
+    )
+
+
+class RunProgress:
+    """An overall bar over the runs and one bar for the run in progress, both with ETA.
+
+    Without a terminal the bars are off and a run longer than ``log_every_s`` logs a line with
+    its step count and ETA every ``log_every_s`` seconds instead.
+    """
+
+    def __init__(self, total_runs: int, console=None, log_every_s: float = 30.0) -> None:
+        self.console = console
+        self.total_runs = total_runs
+        self.log_every_s = log_every_s
+        self._progress = None
+        self._overall = None
+
+    def __enter__(self) -> RunProgress:
+        if self.console is not None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.__enter__()
+            self._overall = self._progress.add_task("all runs", total=self.total_runs)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def run_done(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._overall)
+
+    @contextmanager
+    def run(self, description: str) -> Iterator[Callable[[int, int], None]]:
+        """A ``progress(done, total)`` callback for one run."""
+        if self._progress is not None:
+            task = self._progress.add_task(description, total=None)
+
+            def update(done: int, total: int) -> None:
+                self._progress.update(task, completed=done, total=total)
+
+            try:
+                yield update
+            finally:
+                self._progress.remove_task(task)
+            return
+
+        start = time.perf_counter()
+        last = [start]
+
+        def log_line(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if now - last[0] < self.log_every_s or done <= 0:
+                return
+            last[0] = now
+            eta = (now - start) / done * (total - done)
+            log.info("  %s: step %d/%d, ETA %s", description, done, total, _format_seconds(eta))
+
+        yield log_line
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A rich table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    width = None if sys.stdout.isatty() else max(100, len(columns) * 18)  # pipes: no wrapping
+    Console(file=sys.stdout, width=width).print(table)
