@@ -33,6 +33,7 @@ from .._checks import (
 )
 from .._compat import compute_dtype, is_compiling, may_read_values, output_dtype
 from .._reduce import finish
+from ..kernels.dispatch import resolve_backend
 from ._targets import SigmoidTargets, parse_sigmoid_targets
 
 __all__ = [
@@ -385,6 +386,7 @@ def sigmoid_focal_loss(
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Sigmoid focal loss (binary, multi-label, or RetinaNet-style class-index targets).
 
@@ -419,6 +421,10 @@ def sigmoid_focal_loss(
             number of positive anchors). Only with ``reduction="mean"``.
         validate: ``True`` checks target values (a device sync); ``None`` (default) checks
             class indices only where it is free (CPU, eager); ``False`` checks nothing.
+        backend: ``"auto"`` (default: the Triton kernel for float32/float16/bfloat16 CUDA
+            tensors when triton is installed, else torch), ``"torch"`` or ``"triton"``
+            (``ValueError`` where it cannot run). ``weight=``, ``gamma="flsd53"`` and tensor
+            gamma always run on torch; see :mod:`focalkit.kernels.dispatch`.
 
     Returns:
         A scalar, or the logits' shape for ``reduction="none"``.
@@ -452,8 +458,22 @@ def sigmoid_focal_loss(
         target, valid = parsed.labels, parsed.valid_rows
     else:
         target, valid = parsed.dense, parsed.dense_valid
+    unsupported = None  # options only the torch backend has (see kernels/dispatch.py)
+    if weight is not None:
+        unsupported = "weight="
+    elif not isinstance(gamma, float):
+        unsupported = f"gamma={gamma!r}"
+    use_triton = resolve_backend(backend, logits, unsupported=unsupported) == "triton"
     with torch.autocast(logits.device.type, enabled=False):
-        loss = _SigmoidFocalFunction.apply(logits, target, valid, weight, alpha_pos, spec)
+        if use_triton:
+            from ..kernels.triton_sigmoid_focal import TritonSigmoidSpec, triton_sigmoid_focal
+
+            tspec = TritonSigmoidSpec(gamma, spec.reduce_sum, parsed.is_index, ignore_index)
+            loss = triton_sigmoid_focal(
+                logits, target, None if parsed.is_index else valid, alpha_pos, tspec
+            )
+        else:
+            loss = _SigmoidFocalFunction.apply(logits, target, valid, weight, alpha_pos, spec)
         if reduction != "none":
             loss = finish(
                 loss,

@@ -91,8 +91,10 @@ class SigmoidFocalLoss(_FocalLossBase):
         normalizer: float | Tensor | None = None,
         validate: bool | None = None,
         auto_momentum: float = 0.95,
+        backend: str = "auto",
     ) -> None:
         super().__init__(gamma, auto_momentum)
+        self.backend = backend
         self.alpha = alpha
         self.weight = weight
         self.ignore_index = ignore_index
@@ -126,6 +128,7 @@ class SigmoidFocalLoss(_FocalLossBase):
             reduction=self.reduction,
             normalizer=self.normalizer if normalizer is None else normalizer,
             validate=self.validate,
+            backend=self.backend,
         )
 
 

@@ -1,0 +1,213 @@
+"""The Triton sigmoid focal kernel against the torch backend (Triton's interpreter on CPU).
+
+``TRITON_INTERPRET=1`` must be set when the kernel is decorated, so it is set before triton is
+imported; it is then restored, and set again per test by a fixture, so that other test modules
+running in the same (xdist) worker keep the default CPU behaviour (``backend="auto"`` -> torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+import focalkit as fk
+from focalkit.kernels import dispatch, resolve_backend
+
+_previous = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported and the kernel decorated
+try:
+    pytest.importorskip("triton")
+    importlib.import_module("focalkit.kernels.triton_sigmoid_focal")
+finally:
+    if _previous is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _previous
+
+pytestmark = pytest.mark.triton
+
+# one tolerance table: (rtol, atol) for loss and gradient, by logits dtype
+TOL = {
+    torch.float32: (1e-5, 1e-6),
+    torch.float16: (2e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-4),
+}
+DTYPES = list(TOL)
+GAMMAS = [0.0, 0.5, 2.0]
+
+
+@pytest.fixture(autouse=True)
+def _interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _run(logits, targets, backend, grad_out=None, **kw):
+    x = logits.detach().clone().requires_grad_(True)
+    loss = fk.sigmoid_focal_loss(x, targets, backend=backend, **kw)
+    g = torch.ones_like(loss) if grad_out is None else grad_out
+    loss.backward(g)
+    return loss.detach(), x.grad
+
+
+def _compare(logits, targets, **kw):
+    rtol, atol = TOL[logits.dtype]
+    grad_out = None
+    if kw.get("reduction") == "none":  # elementwise grad_output
+        grad_out = torch.rand(logits.shape, generator=torch.Generator().manual_seed(1))
+        grad_out = grad_out.to(logits.dtype)
+    ref_loss, ref_grad = _run(logits, targets, "torch", grad_out, **kw)
+    loss, grad = _run(logits, targets, "triton", grad_out, **kw)
+    assert loss.dtype == ref_loss.dtype and loss.shape == ref_loss.shape
+    assert grad.dtype == ref_grad.dtype and grad.shape == ref_grad.shape
+    torch.testing.assert_close(loss.float(), ref_loss.float(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=rtol, atol=atol)
+    return loss, grad
+
+
+def _targets(kind: str, shape, gen):
+    num_classes = shape[-1]
+    if kind == "soft":
+        return torch.rand(shape, generator=gen)
+    if kind == "hard":
+        return (torch.rand(shape, generator=gen) > 0.7).float()
+    if kind == "int_dense":  # 0/1 with ignored entries
+        t = torch.randint(0, 2, shape, generator=gen)
+        return torch.where(torch.rand(shape, generator=gen) < 0.2, -100, t)
+    # class indices: positives, background (= C) and ignored rows
+    labels = torch.randint(0, num_classes + 1, shape[:-1], generator=gen)
+    return torch.where(torch.rand(shape[:-1], generator=gen) < 0.2, -100, labels)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["soft", "hard", "int_dense", "index"])
+def test_matches_torch(dtype, kind):
+    """Forward and gradient equal the torch backend for every alpha, gamma and reduction."""
+    gen = torch.Generator().manual_seed(0)
+    shape = (13, 7)
+    logits = (3 * torch.randn(shape, generator=gen)).to(dtype)
+    targets = _targets(kind, shape, gen)
+    alphas = [None, 0.25, torch.rand(7, generator=gen)]
+    for gamma in GAMMAS:
+        for alpha in alphas:
+            for reduction in ("none", "mean", "sum"):
+                _compare(logits, targets, gamma=gamma, alpha=alpha, reduction=reduction)
+    _compare(logits, targets, reduction="mean", normalizer=3.0)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (1003,), (3, 1001)])
+def test_odd_sizes(shape):
+    """Sizes that are not a multiple of the block, and more than one program."""
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(shape, generator=gen)
+    for kind in ("soft", "index") if len(shape) > 1 else ("soft",):
+        targets = _targets(kind, shape, gen)
+        for reduction in ("none", "sum"):
+            _compare(logits, targets, reduction=reduction)
+
+
+def test_non_contiguous_logits():
+    """Strided logits give the torch backend's values and a gradient of their shape."""
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(9, 16, generator=gen)
+    for logits in (base[:, ::2], base.t()):
+        assert not logits.is_contiguous()
+        for kind in ("soft", "index"):
+            _compare(logits, _targets(kind, logits.shape, gen), reduction="none")
+            _compare(logits, _targets(kind, logits.shape, gen), reduction="mean")
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_empty(reduction):
+    """Empty input: no launch, zero loss (not NaN) and an empty gradient."""
+    logits = torch.empty(0, 4)
+    for targets in (torch.empty(0, 4), torch.empty(0, dtype=torch.long)):
+        loss, grad = _compare(logits, targets, reduction=reduction)
+        assert grad.shape == (0, 4)
+        assert torch.isfinite(loss).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("gamma", [0.0, 0.5])
+def test_extreme_logits_finite(dtype, gamma):
+    """|logit| = 100 gives finite loss and gradient, equal to the torch backend."""
+    logits = torch.tensor([[-100.0, 100.0, -100.0, 100.0]]).to(dtype)
+    for targets in (
+        torch.tensor([[0.0, 1.0, 1.0, 0.0]]),
+        torch.tensor([[0.3, 0.9, 0.0, 1.0]]),
+        torch.tensor([1]),
+    ):
+        for reduction in ("none", "sum"):
+            loss, grad = _compare(logits, targets, gamma=gamma, reduction=reduction)
+            assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+
+
+def test_module_and_retained_graph():
+    """The Module forwards ``backend``; a second backward through a retained graph is exact."""
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(5, 3, generator=gen, requires_grad=True)
+    targets = torch.tensor([0, 3, 2, 1, 3])
+    crit = fk.SigmoidFocalLoss(backend="triton")
+    loss = crit(logits, targets)
+    torch.testing.assert_close(loss, fk.sigmoid_focal_loss(logits, targets, backend="torch"))
+    loss.backward(retain_graph=True)
+    first = logits.grad.clone()
+    logits.grad = None
+    loss.backward()
+    torch.testing.assert_close(logits.grad, first)
+
+
+def test_unsupported_options_fall_back_or_raise():
+    """weight= and gamma='flsd53' run on torch under "auto" and raise under "triton"."""
+    logits = torch.randn(4, 3)
+    targets = torch.rand(4, 3)
+    weight = torch.rand(4, 1)
+    for kw in ({"weight": weight}, {"gamma": "flsd53"}, {"gamma": torch.tensor(1.5)}):
+        auto = fk.sigmoid_focal_loss(logits, targets, backend="auto", **kw)
+        torch.testing.assert_close(
+            auto, fk.sigmoid_focal_loss(logits, targets, backend="torch", **kw)
+        )
+        with pytest.raises(ValueError, match="backend='triton'"):
+            fk.sigmoid_focal_loss(logits, targets, backend="triton", **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# the dispatch table
+# --------------------------------------------------------------------------------------------
+
+
+def test_auto_is_torch_on_cpu_without_interpreter(monkeypatch):
+    """Without TRITON_INTERPRET a CPU tensor never goes to triton."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    x = torch.randn(3)
+    assert resolve_backend("auto", x) == "torch"
+    with pytest.raises(ValueError, match="backend='triton' requires a CUDA tensor"):
+        resolve_backend("triton", x)
+
+
+def test_auto_picks_triton_under_interpreter():
+    assert resolve_backend("auto", torch.randn(3)) == "triton"
+    assert resolve_backend("torch", torch.randn(3)) == "torch"
+    assert resolve_backend("auto", torch.randn(3, dtype=torch.float64)) == "torch"
+
+
+def test_forced_triton_without_triton_raises(monkeypatch):
+    monkeypatch.setattr(dispatch, "triton_available", lambda: False)
+    x = torch.randn(3)
+    assert resolve_backend("auto", x) == "torch"
+    with pytest.raises(ValueError, match=r"backend='triton' requires triton.*found no importable"):
+        fk.sigmoid_focal_loss(x, torch.rand(3), backend="triton")
+
+
+def test_forced_triton_unsupported_dtype_raises():
+    with pytest.raises(
+        ValueError, match=r"backend='triton' requires dtype.*found dtype torch.float64"
+    ):
+        fk.sigmoid_focal_loss(torch.randn(3, dtype=torch.float64), torch.rand(3), backend="triton")
+
+
+def test_unknown_backend_raises():
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        fk.sigmoid_focal_loss(torch.randn(3), torch.rand(3), backend="cuda")
