@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import focalkit as fk
@@ -28,18 +27,7 @@ from _harness import (
     peak_bytes_in_child,
     write_json_atomic,
 )
-
-
-def eager_focal(logits, targets, alpha: float = 0.25, gamma: float = 2.0):
-    """torchvision.ops.sigmoid_focal_loss (v0.20), reduction="mean"."""
-    p = torch.sigmoid(logits)
-    ce_loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce_loss * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-        loss = alpha_t * loss
-    return loss.mean()
+from focalkit.cli.baselines import eager_focal
 
 
 def make_inputs(numel: int, classes: int, seed: int = 0):

@@ -22,36 +22,15 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import focalkit as fk
 from _harness import environment, median_seconds, write_json_atomic
+from focalkit.cli.baselines import loop_ghm_c
 
 # --------------------------------------------------------------------------------------------
 # baselines: GHM as the authors' code / mmdetection write it (per-bin loop with .item())
 # --------------------------------------------------------------------------------------------
-
-
-def loop_ghm_c(pred, target, label_weight, bins=30):
-    """mmdetection ``GHMC.forward`` with momentum 0, reduction "mean"."""
-    edges = torch.arange(bins + 1).float().to(pred.device) / bins
-    edges[-1] += 1e-6
-    weights = torch.zeros_like(pred)
-    g = torch.abs(pred.sigmoid().detach() - target)
-    valid = label_weight > 0
-    tot = max(valid.float().sum().item(), 1.0)
-    n = 0
-    for i in range(bins):
-        inds = (g >= edges[i]) & (g < edges[i + 1]) & valid
-        num_in_bin = inds.sum().item()
-        if num_in_bin > 0:
-            weights[inds] = tot / num_in_bin
-            n += 1
-    if n > 0:
-        weights = weights / n
-    loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
-    return (loss * weights).sum() / tot
 
 
 def loop_ghm_r(pred, target, label_weight, mu=0.02, bins=10):

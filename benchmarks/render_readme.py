@@ -66,7 +66,43 @@ def ghm_box_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _opt(value, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def suite_table(data: dict) -> str:
+    """The ``focalkit bench`` suite, forward + backward rows (all modes are in the JSON)."""
+    lines = [
+        f"Benchmark suite, preset `{data['preset']}`, forward + backward (`{data['command']}`; "
+        "forward-only and backward-only rows are in the JSON). Bandwidth = minimal bytes / time "
+        "(sigmoid focal and GHM-C: read logits and targets, write the gradient; softmax: read "
+        "logits and int64 labels, write the gradient; copy: read and write the logits); speed-up "
+        "is against the eager baseline of the same loss (torchvision formula, cross_entropy "
+        "focal, per-bin GHM loop). " + _env_line(data["environment"]),
+        "",
+        "| logits | dtype | implementation | time (ms) | peak memory (MiB) | GB/s | % of copy "
+        "| vs eager | vs torch.compile |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in data["rows"]:
+        if row["mode"] != "fwd+bwd":
+            continue
+        peak = None if row["peak_bytes"] is None else row["peak_bytes"] / 2**20
+        lines.append(
+            f"| {row['rows']:,} x {row['classes']} | {row['dtype']} | {row['impl']} | "
+            f"{row['seconds'] * 1e3:.2f} | {_opt(peak, '.1f')} | {row['bandwidth_gbs']:.2f} | "
+            f"{row['pct_of_copy']:.1f} | {_opt(row['ratio_vs_eager'], '.2f', 'x')} | "
+            f"{_opt(row['ratio_vs_compile'], '.2f', 'x')} |"
+        )
+    if data["skipped"]:
+        lines += ["", "Not measured: " + "; ".join(
+            f"{s['impl']} ({s['reason']})" for s in data["skipped"]) + "."]
+    return "\n".join(lines)
+
+
 RENDERERS = {"focal_cpu.json": focal_table, "ghm_box_cpu.json": ghm_box_table}
+# rendered only when present (``focalkit bench``), after the two tables above
+OPTIONAL_RENDERERS = {"suite-cpu-cpu-small.json": suite_table, "suite-cuda-gpu.json": suite_table}
 
 
 def render() -> str:
@@ -77,6 +113,10 @@ def render() -> str:
             parts.append(renderer(json.loads(path.read_text())))
         else:
             parts.append(f"*No results yet for `{name}`: run `make bench`.*")
+    for name, renderer in OPTIONAL_RENDERERS.items():
+        path = RESULTS / name
+        if path.exists():
+            parts.append(renderer(json.loads(path.read_text())))
     return "\n\n".join(parts)
 
 

@@ -4,6 +4,8 @@
                   [--only classification|detection] [--force]
     focalkit plot focal-curves [--out FILE]
     focalkit report [--out DIR]
+    focalkit bench [--device auto|cpu|cuda] [--preset cpu-small|gpu] [--sizes N[xC] ...]
+                   [--dtypes fp32 bf16] [--no-compile] [--json PATH] [--plot PATH] [--repeat N]
     focalkit --version
 
 Bad options print one line on stderr and exit with code 2.
@@ -133,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="demo output directory holding results.json (default: ./focalkit-report)",
     )
+    from . import bench
+
+    bench.add_parser(commands)
     return parser
 
 
@@ -203,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args, argv, console)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "bench":
+            from . import bench
+
+            return bench.run(args, argv)
         return _report(args)
     except _UsageError as exc:
         print(f"{exc.prog}: error: {exc}", file=sys.stderr)

@@ -639,6 +639,7 @@ def softmax_focal_loss(
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Softmax (multi-class) focal loss with the conventions of ``F.cross_entropy``.
 
@@ -670,6 +671,11 @@ def softmax_focal_loss(
         normalizer: if given, ``sum / max(normalizer, 1)``; only with ``reduction="mean"``.
         validate: ``True`` checks probability targets lie in [0, 1] (a sync); ``None`` checks
             class indices where it is free (CPU, eager).
+        backend: ``"auto"`` (default: the Triton kernel for float32/float16/bfloat16 CUDA
+            tensors when triton is installed, else torch), ``"torch"`` or ``"triton"``
+            (``ValueError`` where it cannot run). Probability targets, ``label_smoothing > 0``,
+            ``gamma="flsd53"`` and tensor gamma always run on torch; see
+            :mod:`focalkit.kernels.dispatch`.
 
     Reference:
         Lin et al., https://arxiv.org/abs/1708.02002; FLSD-53: Mukhoti et al.,
@@ -729,10 +735,26 @@ def softmax_focal_loss(
     spec = _SoftmaxSpec(
         _GammaPlan.of(gamma), reduction != "none", index_form, float(label_smoothing), ignore_index
     )
+    unsupported = None  # options only the torch backend has (see kernels/dispatch.py)
+    if not index_form:
+        unsupported = "probability targets"
+    elif label_smoothing > 0:
+        unsupported = f"label_smoothing={label_smoothing!r}"
+    elif not isinstance(gamma, float):
+        unsupported = f"gamma={gamma!r}"
+    use_triton = resolve_backend(backend, logits, unsupported=unsupported) == "triton"
     with torch.autocast(logits.device.type, enabled=False):
-        loss, denominator = _SoftmaxFocalFunction.apply(
-            _channel_last(logits), flat_target, weight, alpha_t, spec
-        )
+        if use_triton:
+            from ..kernels.triton_softmax_focal import TritonSoftmaxSpec, triton_softmax_focal
+
+            tspec = TritonSoftmaxSpec(gamma, spec.reduce_sum, ignore_index)
+            loss, denominator = triton_softmax_focal(
+                _channel_last(logits), flat_target, weight, alpha_t, tspec
+            )
+        else:
+            loss, denominator = _SoftmaxFocalFunction.apply(
+                _channel_last(logits), flat_target, weight, alpha_t, spec
+            )
         if reduction == "none":
             loss = loss.reshape(index_shape)
         else:

@@ -157,8 +157,10 @@ class SoftmaxFocalLoss(_FocalLossBase):
         normalizer: float | Tensor | None = None,
         validate: bool | None = None,
         auto_momentum: float = 0.95,
+        backend: str = "auto",
     ) -> None:
         super().__init__(gamma, auto_momentum)
+        self.backend = backend
         self.alpha = alpha
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
@@ -198,4 +200,5 @@ class SoftmaxFocalLoss(_FocalLossBase):
             reduction=self.reduction,
             normalizer=self.normalizer if normalizer is None else normalizer,
             validate=self.validate,
+            backend=self.backend,
         )

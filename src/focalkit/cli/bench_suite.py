@@ -1,0 +1,559 @@
+"""The benchmark suite behind ``focalkit bench`` (and ``benchmarks/bench_suite.py``).
+
+For every size and dtype, on one device and in one process, it times (median of ``repeat``
+calls, variants interleaved block by block, CUDA synchronised) three modes:
+
+* ``forward``: the loss of inputs that do not require grad (no graph is recorded);
+* ``backward``: ``torch.autograd.grad(loss, logits, retain_graph=True)`` of a recorded loss;
+* ``fwd+bwd``: loss and ``loss.backward()`` from fresh leaves.
+
+Implementations (``op`` family, baseline of the family in brackets):
+
+* ``sigmoid`` [eager torchvision formula]: focalkit (torch), focalkit (triton) where
+  ``resolve_backend("auto", logits)`` picks triton, the eager torchvision formula,
+  ``torch.compile`` of it, ``torchvision.ops`` / ``kornia`` / ``monai`` where importable; dense
+  float targets of the logits' dtype, alpha 0.25, gamma 2, mean.
+* ``softmax`` [eager cross_entropy focal]: ``focalkit.softmax_focal_loss`` (gamma 2, no alpha)
+  against the ``F.cross_entropy``-based formula, int64 class targets, one per row.
+* ``ghm_c`` [per-bin loop]: ``focalkit.ghm_c_loss(bins=30)`` against mmdetection's per-bin loop.
+* ``copy``: ``dst.copy_(src)`` of the logits, the bandwidth ceiling (same in every mode).
+
+Minimal bytes (``n`` logits of ``s`` bytes each, ``r`` rows; dense targets have the logits'
+dtype, class targets are int64): see :data:`MIN_BYTES_FORMULAS`. Achieved bandwidth is
+``min_bytes / seconds``; ``pct_of_copy`` divides it by the copy row's bandwidth at the same
+size, dtype and mode. ``ratio_vs_eager`` is ``baseline seconds / seconds`` for the family's
+baseline (the copy row against the eager sigmoid formula); ``ratio_vs_compile`` the same against
+``torch.compile`` of the eager formula (sigmoid family and copy only). ``max_abs_diff``: for
+``forward`` rows ``|loss - focalkit loss|``, for ``backward`` / ``fwd+bwd`` rows the largest
+``|grad - focalkit grad|`` (focalkit torch backend of the same family; None for copy).
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the start of one call; on CPU
+the resident high-water mark of one call, measured in a child process with glibc's mmap
+threshold lowered (so timings stay in this process, unaffected); not measured for compiled
+rows on CPU (it would recompile in the child).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "MIN_BYTES_FORMULAS",
+    "MODES",
+    "PRESETS",
+    "SuiteOptions",
+    "min_bytes",
+    "run_suite",
+]
+
+MODES = ("forward", "backward", "fwd+bwd")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRESETS: dict[str, dict] = {
+    "cpu-small": {"sizes": [(1_000_000, 80), (4_000_000, 80)], "dtypes": ["fp32"]},
+    "gpu": {
+        "sizes": [
+            (1_000_000, 80),
+            (10_000_000, 80),
+            (128_000_000, 80),  # RetinaNet: batch 16 x 100k anchors x 80 classes
+            (12_030_000, 1203),  # LVIS-like, 10k anchors
+            (120_300_000, 1203),  # LVIS-like, 100k anchors
+        ],
+        "dtypes": ["fp32", "bf16"],
+    },
+}
+MIN_BYTES_FORMULAS = {
+    "sigmoid": {
+        "forward": "n*s (logits) + n*s (dense targets)",
+        "backward": "n*s + n*s (read logits, targets) + n*s (write grad)",
+        "fwd+bwd": "n*s + n*s (read logits, targets) + n*s (write grad)",
+    },
+    "ghm_c": {
+        "forward": "n*s (logits) + n*s (dense targets)",
+        "backward": "n*s + n*s (read logits, targets) + n*s (write grad)",
+        "fwd+bwd": "n*s + n*s (read logits, targets) + n*s (write grad)",
+    },
+    "softmax": {
+        "forward": "n*s (logits) + 8*r (int64 targets)",
+        "backward": "n*s + 8*r (read logits, targets) + n*s (write grad)",
+        "fwd+bwd": "n*s + 8*r (read logits, targets) + n*s (write grad)",
+    },
+    "copy": {mode: "n*s (read) + n*s (write)" for mode in MODES},
+}
+BASELINE = {
+    "sigmoid": "eager torchvision formula",
+    "softmax": "eager cross_entropy focal",
+    "ghm_c": "per-bin loop ghm_c",
+    "copy": "eager torchvision formula",
+}
+COMPILED = "torch.compile(eager)"
+REFERENCE = {"sigmoid": "focalkit (torch)", "softmax": "focalkit softmax", "ghm_c": "focalkit ghm_c"}
+STATUS = Path("/proc/self/status")
+
+
+def min_bytes(op: str, mode: str, numel: int, rows: int, itemsize: int) -> int:
+    """Minimal bytes moved by one call (see :data:`MIN_BYTES_FORMULAS`)."""
+    n, s = numel, itemsize
+    if op == "copy":
+        return 2 * n * s
+    reads = n * s + (8 * rows if op == "softmax" else n * s)
+    return reads if mode == "forward" else reads + n * s
+
+
+@dataclass
+class SuiteOptions:
+    device: str = "cpu"
+    preset: str = "cpu-small"
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    dtypes: list[str] = field(default_factory=lambda: ["fp32"])
+    repeat: int = 5
+    compile: bool = True
+    memory: bool = True
+    command: str = ""
+
+
+# ----------------------------------------------------------------------------------------------
+# measurement (the same method as benchmarks/_harness.py, which the package cannot import)
+# ----------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def interleaved_medians(fns, device, *, repeat: int, warmup: int = 1, rounds: int = 3):
+    """Median seconds of each function, timed in alternating blocks (A A A, B B B, A A A ...)."""
+    sync = _sync(device)
+    rounds = max(1, min(rounds, repeat))
+    per_block = max(1, -(-repeat // rounds))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(warmup):
+                fn()
+            sync()
+            for _ in range(per_block):
+                start = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def fix_mmap_threshold() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _status_kib(name: str) -> int:
+    match = re.search(rf"{name}:\s+(\d+)", STATUS.read_text())
+    return int(match.group(1)) if match else 0
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
+    fn()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+    if not STATUS.exists():
+        return None
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    start = _status_kib("VmRSS")
+    fn()
+    return max(0, (_status_kib("VmHWM") - start) * 1024)
+
+
+def environment(device: torch.device) -> dict:
+    import importlib.metadata as md
+
+    import focalkit
+
+    info = {
+        "focalkit": focalkit.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+        "device_name": (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine()
+        ),
+    }
+    for dist in ("triton", "torchvision", "kornia", "monai"):
+        try:
+            info[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            info[dist] = None
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs and implementations
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    numel: int
+    classes: int
+    dtype_name: str
+    logits: torch.Tensor
+    dense: torch.Tensor
+    labels: torch.Tensor
+    valid: torch.Tensor
+
+    @property
+    def rows(self) -> int:
+        return self.logits.shape[0]
+
+
+def make_case(numel: int, classes: int, dtype_name: str, device: torch.device) -> Case:
+    gen = torch.Generator().manual_seed(0)
+    rows = numel // classes
+    dtype = DTYPES[dtype_name]
+    logits = torch.randn(rows, classes, generator=gen) * 3
+    labels = torch.randint(0, classes + 1, (rows,), generator=gen)  # classes = background
+    labels[torch.rand(rows, generator=gen) < 0.9] = classes  # ~10% positive rows
+    dense = torch.zeros(rows, classes)
+    pos = labels < classes
+    dense[pos.nonzero().squeeze(1), labels[pos]] = 1.0
+    soft_labels = torch.randint(0, classes, (rows,), generator=gen)
+    return Case(
+        numel=rows * classes,
+        classes=classes,
+        dtype_name=dtype_name,
+        logits=logits.to(device=device, dtype=dtype),
+        dense=dense.to(device=device, dtype=dtype),
+        labels=soft_labels.to(device),
+        valid=torch.ones(rows, classes, device=device, dtype=dtype),
+    )
+
+
+@dataclass
+class Impl:
+    name: str
+    op: str
+    loss: Callable[[torch.Tensor, Case], torch.Tensor] | None  # None: the copy row
+
+
+def implementations(
+    case: Case, *, compile_ok: bool, skipped: dict[str, str], with_compile: bool = True
+) -> list[Impl]:
+    """The implementations that can run on ``case``; the others go to ``skipped`` (name -> why)."""
+    import focalkit as fk
+
+    from ..kernels.dispatch import resolve_backend
+    from .baselines import eager_focal, eager_softmax_focal, loop_ghm_c
+
+    impls = [
+        Impl("focalkit (torch)", "sigmoid",
+             lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend="torch")),
+    ]
+    if resolve_backend("auto", case.logits) == "triton":
+        impls.append(Impl("focalkit (triton)", "sigmoid",
+                          lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend="triton")))
+    else:
+        skipped.setdefault("focalkit (triton)", "auto backend resolves to torch on this device")
+    impls.append(Impl(BASELINE["sigmoid"], "sigmoid", lambda x, c: eager_focal(x, c.dense)))
+    if with_compile:
+        if compile_ok:
+            compiled = torch.compile(eager_focal, dynamic=False)
+            impls.append(Impl(COMPILED, "sigmoid", lambda x, c: compiled(x, c.dense)))
+        else:
+            skipped.setdefault(COMPILED, "disabled with --no-compile")
+    try:
+        import torchvision.ops
+
+        impls.append(Impl("torchvision.ops", "sigmoid",
+                          lambda x, c: torchvision.ops.sigmoid_focal_loss(x, c.dense,
+                                                                          reduction="mean")))
+    except ImportError:
+        skipped.setdefault("torchvision.ops", "not installed")
+    try:
+        import kornia.losses
+
+        impls.append(Impl("kornia", "sigmoid",
+                          lambda x, c: kornia.losses.binary_focal_loss_with_logits(
+                              x, c.dense, alpha=0.25, gamma=2.0, reduction="mean")))
+    except ImportError:
+        skipped.setdefault("kornia", "not installed")
+    try:
+        from monai.losses import FocalLoss
+
+        monai_loss = FocalLoss(gamma=2.0, alpha=0.25, reduction="mean", use_softmax=False)
+        impls.append(Impl("monai", "sigmoid", lambda x, c: monai_loss(x, c.dense)))
+    except ImportError:
+        skipped.setdefault("monai", "not installed")
+    impls += [
+        Impl(REFERENCE["softmax"], "softmax",
+             lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0)),
+        Impl(BASELINE["softmax"], "softmax", lambda x, c: eager_softmax_focal(x, c.labels)),
+        Impl(REFERENCE["ghm_c"], "ghm_c", lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30)),
+        Impl(BASELINE["ghm_c"], "ghm_c", lambda x, c: loop_ghm_c(x, c.dense, c.valid, bins=30)),
+        Impl("copy", "copy", None),
+    ]
+    return impls
+
+
+def make_step(impl: Impl, case: Case, mode: str) -> Callable[[], object]:
+    if impl.loss is None:
+        dst = torch.empty_like(case.logits)
+        return lambda: dst.copy_(case.logits)
+    loss_fn = impl.loss
+    if mode == "forward":
+        x = case.logits.detach()
+        return lambda: loss_fn(x, case)
+    if mode == "backward":
+        x = case.logits.detach().requires_grad_(True)
+        loss = loss_fn(x, case)
+        return lambda: torch.autograd.grad(loss, x, retain_graph=True)
+
+    x = case.logits.detach().requires_grad_(True)
+
+    def step():
+        x.grad = None
+        out = loss_fn(x, case)
+        out.backward()
+        return out
+
+    return step
+
+
+def _values(impl: Impl, case: Case) -> tuple[float, torch.Tensor]:
+    x = case.logits.detach().requires_grad_(True)
+    loss = impl.loss(x, case)
+    loss.backward()
+    return float(loss.detach().float()), x.grad.detach().float()
+
+
+# ----------------------------------------------------------------------------------------------
+# the suite
+# ----------------------------------------------------------------------------------------------
+
+
+def _peaks_cpu(numel: int, classes: int, dtype_name: str) -> dict[str, int | None]:
+    """Peak bytes of every (impl, mode) on CPU, measured in a child process."""
+    spec = json.dumps({"numel": numel, "classes": classes, "dtype": dtype_name})
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, "-m", "focalkit.cli.bench_suite", "--peak-child", spec],
+        check=True, capture_output=True, text=True, env=env,
+    ).stdout.strip().splitlines()
+    return json.loads(out[-1]) if out else {}
+
+
+def _peak_child(spec_text: str) -> int:
+    fix_mmap_threshold()
+    spec = json.loads(spec_text)
+    device = torch.device("cpu")
+    case = make_case(spec["numel"], spec["classes"], spec["dtype"], device)
+    result: dict[str, int | None] = {}
+    for impl in implementations(case, compile_ok=False, skipped={}, with_compile=False):
+        for mode in MODES:
+            try:
+                result[f"{impl.name}|{mode}"] = peak_bytes(make_step(impl, case, mode), device)
+            except Exception:  # the parent records the failure when timing
+                result[f"{impl.name}|{mode}"] = None
+            gc.collect()
+    print(json.dumps(result))
+    return 0
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return text[:200]
+
+
+def run_case(case: Case, opts: SuiteOptions, device: torch.device, skipped: dict[str, str],
+             log: Callable[[str], None]) -> list[dict]:
+    impls = implementations(case, compile_ok=opts.compile, skipped=skipped)
+    # one fwd+bwd call each: values for max_abs_diff, and failures (e.g. compile) skip the impl
+    values: dict[str, tuple[float, torch.Tensor]] = {}
+    runnable = []
+    for impl in impls:
+        if impl.loss is None:
+            runnable.append(impl)
+            continue
+        try:
+            values[impl.name] = _values(impl, case)
+            runnable.append(impl)
+        except Exception as exc:  # recorded; the suite goes on
+            skipped[impl.name] = _describe(exc)
+            log(f"  skipped {impl.name}: {skipped[impl.name]}")
+    peaks: dict[str, int | None] = {}
+    if opts.memory and device.type == "cpu":
+        try:
+            peaks = _peaks_cpu(case.numel, case.classes, case.dtype_name)
+        except (subprocess.CalledProcessError, ValueError, OSError) as exc:
+            log(f"  peak memory not measured: {_describe(exc)}")
+    itemsize = case.logits.element_size()
+    rows: list[dict] = []
+    for mode in MODES:
+        steps = {impl.name: make_step(impl, case, mode) for impl in runnable}
+        seconds = interleaved_medians(steps, device, repeat=opts.repeat, warmup=1)
+        mode_rows = {}
+        for impl in runnable:
+            peak = None
+            if opts.memory and device.type == "cuda":
+                peak = peak_bytes(steps[impl.name], device)
+            elif impl.name != COMPILED:
+                peak = peaks.get(f"{impl.name}|{mode}")
+            nbytes = min_bytes(impl.op, mode, case.numel, case.rows, itemsize)
+            diff = None
+            if impl.loss is not None:
+                ref_loss, ref_grad = values[REFERENCE[impl.op]]
+                loss, grad = values[impl.name]
+                diff = abs(loss - ref_loss) if mode == "forward" else float(
+                    (grad - ref_grad).abs().max())
+            mode_rows[impl.name] = {
+                "op": impl.op,
+                "impl": impl.name,
+                "mode": mode,
+                "dtype": case.dtype_name,
+                "numel": case.numel,
+                "classes": case.classes,
+                "rows": case.rows,
+                "seconds": seconds[impl.name],
+                "peak_bytes": peak,
+                "min_bytes": nbytes,
+                "bandwidth_gbs": nbytes / seconds[impl.name] / 1e9,
+                "baseline": BASELINE[impl.op],
+                "max_abs_diff": diff,
+            }
+        copy_bw = mode_rows["copy"]["bandwidth_gbs"]
+        compiled = mode_rows.get(COMPILED)
+        for row in mode_rows.values():
+            row["pct_of_copy"] = 100.0 * row["bandwidth_gbs"] / copy_bw
+            row["ratio_vs_eager"] = mode_rows[row["baseline"]]["seconds"] / row["seconds"]
+            row["ratio_vs_compile"] = (
+                compiled["seconds"] / row["seconds"]
+                if compiled is not None and row["op"] in ("sigmoid", "copy")
+                else None
+            )
+        rows.extend(mode_rows.values())
+        del steps
+        gc.collect()
+    return rows
+
+
+def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict:
+    """Run every size x dtype of ``opts``; returns the results document (not written)."""
+    device = torch.device(opts.device)
+    skipped: dict[str, str] = {}
+    rows: list[dict] = []
+    for dtype_name in opts.dtypes:
+        for numel, classes in opts.sizes:
+            case = make_case(numel, classes, dtype_name, device)
+            log(f"# {case.numel:,} logits ({case.rows} x {classes}), {dtype_name}")
+            rows.extend(run_case(case, opts, device, skipped, log))
+            del case
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return {
+        "benchmark": "suite",
+        "preset": opts.preset,
+        "command": opts.command,
+        "device": device.type,
+        "environment": environment(device),
+        "repeat": opts.repeat,
+        "sizes": [list(s) for s in opts.sizes],
+        "dtypes": list(opts.dtypes),
+        "modes": list(MODES),
+        "min_bytes_formulas": MIN_BYTES_FORMULAS,
+        "skipped": [{"impl": k, "reason": v} for k, v in sorted(skipped.items())],
+        "rows": rows,
+    }
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+        f"{value:{spec}}{suffix}")
+
+
+def format_table(doc: dict) -> str:
+    header = (f"{'size':>16} {'dtype':>5} {'mode':>8} {'implementation':<27}{'ms':>10}"
+              f"{'peak MiB':>10}{'GB/s':>8}{'%copy':>7}{'vs eager':>9}{'vs compile':>11}"
+              f"{'max|diff|':>10}")
+    lines = [header, "-" * len(header)]
+    for r in doc["rows"]:
+        size = f"{r['rows']}x{r['classes']}"
+        peak = None if r["peak_bytes"] is None else r["peak_bytes"] / 2**20
+        lines.append(
+            f"{size:>16} {r['dtype']:>5} {r['mode']:>8} {r['impl']:<27}"
+            f"{r['seconds'] * 1e3:>10.2f}{_fmt(peak, '.1f'):>10}{r['bandwidth_gbs']:>8.2f}"
+            f"{r['pct_of_copy']:>7.1f}{_fmt(r['ratio_vs_eager'], '.2f', 'x'):>9}"
+            f"{_fmt(r['ratio_vs_compile'], '.2f', 'x'):>11}{_fmt(r['max_abs_diff'], '.1e'):>10}"
+        )
+    for s in doc["skipped"]:
+        lines.append(f"skipped {s['impl']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def plot_suite(doc: dict, path: Path) -> Path:
+    """Speed-up vs the family baseline and bandwidth as % of copy, against size (fwd+bwd)."""
+    from .plots import _pyplot, save_figure
+
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series: dict[tuple[str, str], list[dict]] = {}
+    for r in doc["rows"]:
+        if r["mode"] == "fwd+bwd":
+            series.setdefault((r["impl"], r["dtype"]), []).append(r)
+    names = sorted({impl for impl, _ in series})
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colors = {name: cmap(i) for i, name in enumerate(names)}  # one colour per impl, both panels
+    for (impl, dtype), rs in sorted(series.items()):
+        rs = sorted(rs, key=lambda r: (r["classes"], r["numel"]))
+        xs = [r["numel"] for r in rs]
+        style = "-o" if dtype == "fp32" else "--s"
+        kw = {"label": f"{impl} [{dtype}]", "markersize": 4, "color": colors[impl]}
+        if impl != "copy":
+            ax1.plot(xs, [r["ratio_vs_eager"] for r in rs], style, **kw)
+        ax2.plot(xs, [r["pct_of_copy"] for r in rs], style, **kw)
+    ax1.set(xscale="log", yscale="log", xlabel="logits", ylabel="speed-up vs eager baseline",
+            title="fwd+bwd speed-up (family baseline = 1)")
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    ax2.set(xscale="log", xlabel="logits", ylabel="% of copy bandwidth",
+            title="achieved bandwidth (min bytes / time) as % of copy")
+    ax2.legend(fontsize=7, loc="best")
+    fig.suptitle(f"focalkit bench: {doc['environment']['device_name']}, preset {doc['preset']}")
+    return save_figure(fig, Path(path))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--peak-child":
+        raise SystemExit(_peak_child(sys.argv[2]))
+    from . import main
+
+    raise SystemExit(main(["bench", *sys.argv[1:]]))

@@ -1,0 +1,172 @@
+"""``focalkit bench``: the suite end to end on CPU (rows, ratios, minimal bytes, agreement of
+the implementations with focalkit, JSON and PNG), its option errors, and its baselines."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("matplotlib")
+
+from focalkit.cli import baselines, main
+from focalkit.cli.bench_suite import MIN_BYTES_FORMULAS, MODES, min_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ALWAYS = {
+    "focalkit (torch)": "sigmoid",
+    "eager torchvision formula": "sigmoid",
+    "focalkit softmax": "softmax",
+    "eager cross_entropy focal": "softmax",
+    "focalkit ghm_c": "ghm_c",
+    "per-bin loop ghm_c": "ghm_c",
+    "copy": "copy",
+}
+BASELINE = {
+    "sigmoid": "eager torchvision formula",
+    "softmax": "eager cross_entropy focal",
+    "ghm_c": "per-bin loop ghm_c",
+    "copy": "eager torchvision formula",
+}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    json_path, png = out / "suite.json", out / "suite.png"
+    argv = ["bench", "--device", "cpu", "--sizes", "20000", "--repeat", "2", "--no-compile",
+            "--json", str(json_path), "--plot", str(png)]
+    assert main(argv) == 0
+    return json.loads(json_path.read_text()), png
+
+
+def test_rows_for_every_implementation_and_mode(suite):
+    doc, _ = suite
+    found = {(r["impl"], r["mode"]) for r in doc["rows"]}
+    assert {(impl, mode) for impl in ALWAYS for mode in MODES} <= found
+    assert len(found) == len(doc["rows"])  # one size, one dtype: no duplicates
+    for row in doc["rows"]:
+        assert row["op"] == ALWAYS.get(row["impl"], row["op"])
+        assert row["seconds"] > 0 and row["bandwidth_gbs"] > 0
+        assert (row["numel"], row["classes"], row["rows"], row["dtype"]) == (20000, 80, 250, "fp32")
+    skipped = {s["impl"]: s["reason"] for s in doc["skipped"]}
+    assert skipped["torch.compile(eager)"] == "disabled with --no-compile"
+    assert "focalkit (triton)" in skipped  # CPU without TRITON_INTERPRET: torch backend
+    for lib, module in (("torchvision.ops", "torchvision"), ("kornia", "kornia"), ("monai", "monai")):
+        if importlib.util.find_spec(module) is None:
+            assert skipped[lib] == "not installed"
+
+
+def test_ratios_bandwidth_and_min_bytes(suite):
+    doc, _ = suite
+    by_key = {(r["impl"], r["mode"]): r for r in doc["rows"]}
+    for row in doc["rows"]:
+        base = by_key[(BASELINE[row["op"]], row["mode"])]
+        copy = by_key[("copy", row["mode"])]
+        assert row["ratio_vs_eager"] == pytest.approx(base["seconds"] / row["seconds"], rel=1e-9)
+        assert row["ratio_vs_compile"] is None  # --no-compile
+        assert row["bandwidth_gbs"] == pytest.approx(row["min_bytes"] / row["seconds"] / 1e9,
+                                                     rel=1e-9)
+        assert row["pct_of_copy"] == pytest.approx(
+            100 * row["bandwidth_gbs"] / copy["bandwidth_gbs"], rel=1e-9)
+    # 20000 fp32 logits (4 bytes), 250 rows: the documented formulas
+    expected = {
+        ("sigmoid", "forward"): 160_000, ("sigmoid", "backward"): 240_000,
+        ("sigmoid", "fwd+bwd"): 240_000, ("ghm_c", "forward"): 160_000,
+        ("ghm_c", "fwd+bwd"): 240_000, ("softmax", "forward"): 82_000,
+        ("softmax", "backward"): 162_000, ("softmax", "fwd+bwd"): 162_000,
+        ("copy", "forward"): 160_000, ("copy", "fwd+bwd"): 160_000,
+    }
+    for row in doc["rows"]:
+        if (row["op"], row["mode"]) in expected:
+            assert row["min_bytes"] == expected[(row["op"], row["mode"])], row
+    assert min_bytes("sigmoid", "fwd+bwd", 10, 1, 2) == 60
+    assert set(doc["min_bytes_formulas"]) == set(MIN_BYTES_FORMULAS)
+
+
+def test_every_implementation_agrees_with_focalkit(suite):
+    doc, _ = suite
+    for row in doc["rows"]:
+        if row["impl"] == "copy":
+            assert row["max_abs_diff"] is None
+        else:
+            assert row["max_abs_diff"] is not None and row["max_abs_diff"] < 1e-5, row
+
+
+def test_metadata_memory_and_plot(suite):
+    doc, png = suite
+    env = doc["environment"]
+    for key in ("focalkit", "torch", "python", "device_name", "threads"):
+        assert env[key]
+    assert doc["device"] == "cpu" and doc["preset"] == "custom"
+    assert doc["command"].startswith("focalkit bench --device cpu --sizes 20000")
+    peaks = [r["peak_bytes"] for r in doc["rows"]]
+    assert all(p is None or p >= 0 for p in peaks)
+    if Path("/proc/self/clear_refs").exists():
+        assert any(p is not None for p in peaks)
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--preset", "tiny"],
+        ["--sizes", "abc"],
+        ["--sizes", "10x80"],
+        ["--repeat", "0"],
+        ["--dtypes", "fp16"],
+        ["--device", "tpu"],
+    ],
+)
+def test_bad_options_exit_2_with_one_line(options, capsys):
+    assert main(["bench", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("focalkit bench: error:") and err.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_exits_2(capsys, tmp_path):
+    assert main(["bench", "--device", "cuda", "--json", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_help(capsys):
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--device", "--preset", "--sizes", "--dtypes", "--no-compile", "--json",
+                   "--plot", "--repeat"):
+        assert option in out
+
+
+def test_script_is_the_same_command():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_suite.py"), "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "--no-compile" in out.stdout
+
+
+def _load(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+@pytest.mark.parametrize(
+    ("script", "function"),
+    [("bench_focal_cpu", "eager_focal"), ("bench_ghm_box", "loop_ghm_c")],
+)
+def test_benchmark_scripts_use_the_package_baselines(script, function):
+    """The scripts and `focalkit bench` time one and the same baseline function."""
+    assert getattr(_load(script), function) is getattr(baselines, function)
