@@ -7,41 +7,19 @@ running in the same (xdist) worker keep the default CPU behaviour (``backend="au
 
 from __future__ import annotations
 
-import importlib
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import focalkit as fk
+from _triton_interp import TOL, import_kernel, interpret  # noqa: F401 (autouse fixture)
 
-_previous = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported and the kernel decorated
-try:
-    pytest.importorskip("triton")
-    tsf = importlib.import_module("focalkit.kernels.triton_softmax_focal")
-finally:
-    if _previous is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _previous
+tsf = import_kernel("focalkit.kernels.triton_softmax_focal")
 
 pytestmark = pytest.mark.triton
 
-# one tolerance table: (rtol, atol) for loss and gradient, by logits dtype
-TOL = {
-    torch.float32: (1e-5, 1e-6),
-    torch.float16: (2e-3, 1e-5),
-    torch.bfloat16: (1.6e-2, 1e-4),
-}
 DTYPES = list(TOL)
 GAMMAS = [0.0, 0.5, 2.0]
-
-
-@pytest.fixture(autouse=True)
-def _interpret(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 def _run(logits, targets, backend, grad_out=None, **kw):

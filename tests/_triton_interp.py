@@ -1,0 +1,43 @@
+"""Shared set-up of the Triton kernel tests (Triton's interpreter on CPU) and their one
+tolerance table.
+
+``TRITON_INTERPRET=1`` must be set when a kernel is decorated, so :func:`import_kernel` sets it
+before triton is imported and restores it afterwards; the ``interpret`` fixture sets it again
+per test, so other test modules in the same (xdist) worker keep the default CPU behaviour
+(``backend="auto"`` -> torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import pytest
+import torch
+
+# one tolerance table: (rtol, atol) for loss and gradient, by logits dtype
+TOL = {
+    torch.float32: (1e-5, 1e-6),
+    torch.float16: (2e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-4),
+}
+
+
+def import_kernel(module: str) -> ModuleType:
+    """Import ``module`` with the interpreter on (skipping the test module without triton)."""
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        pytest.importorskip("triton")
+        return importlib.import_module(module)
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+@pytest.fixture(autouse=True)
+def interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
