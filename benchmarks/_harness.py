@@ -22,6 +22,7 @@ from focalkit.cli.bench_suite import (  # the package holds the one copy `focalk
     environment,
     fix_mmap_threshold,
     interleaved_medians,
+    interleaved_times,
     peak_bytes,
 )
 from focalkit.cli.records import atomic_write_json
@@ -31,6 +32,7 @@ __all__ = [
     "fix_mmap_threshold",
     "fmt_bytes",
     "interleaved_medians",
+    "interleaved_times",
     "median_seconds",
     "peak_bytes",
     "peak_bytes_in_child",

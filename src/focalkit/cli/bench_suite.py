@@ -134,8 +134,9 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def interleaved_medians(fns, device, *, repeat: int, warmup: int = 1, rounds: int = 3):
-    """Median seconds of each function, timed in alternating blocks (A A A, B B B, A A A ...)."""
+def interleaved_times(fns, device, *, repeat: int, warmup: int = 1, rounds: int = 3):
+    """Seconds of every timed call of each function, timed in alternating blocks
+    (A A A, B B B, A A A ...); each block starts with ``warmup`` untimed calls."""
     sync = _sync(device)
     rounds = max(1, min(rounds, repeat))
     per_block = max(1, -(-repeat // rounds))
@@ -150,6 +151,12 @@ def interleaved_medians(fns, device, *, repeat: int, warmup: int = 1, rounds: in
                 fn()
                 sync()
                 times[name].append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_medians(fns, device, *, repeat: int, warmup: int = 1, rounds: int = 3):
+    """Median seconds of each function, timed as :func:`interleaved_times`."""
+    times = interleaved_times(fns, device, repeat=repeat, warmup=warmup, rounds=rounds)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

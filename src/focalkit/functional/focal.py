@@ -156,19 +156,21 @@ def _hard_terms(
     bce = F.softplus(z)
     g = gamma.for_q(q)
     mod = _modulator(q, g)
-    loss = _times(_times(bce, mod), alpha_t)
+    scale = alpha_t if mod is None else _times(mod, alpha_t)  # a q^g: loss and gradient
+    loss = _times(bce, scale)
     if not need_grad:
         return loss, None
     if isinstance(g, float) and g == 0:
         grad = q
     else:
-        one_minus_q = torch.sigmoid(-z)  # accurate where q -> 1
+        # 1 - q loses relative precision only where q -> 1, where it is added to q ~ 1:
+        # the gradient keeps float precision (no second sigmoid needed)
+        one_minus_q = torch.rsub(q, 1)
         if isinstance(g, float):
             grad = torch.addcmul(q, one_minus_q, bce, value=g)
         else:
-            grad = torch.addcmul(q, one_minus_q * bce, g)
-        grad = _times(grad, mod)
-    return loss, _times(grad, alpha_t)
+            grad = torch.addcmul(q, one_minus_q.mul_(bce), g)
+    return loss, _times(grad, scale)
 
 
 def _soft_terms(
