@@ -41,3 +41,28 @@ def import_kernel(module: str) -> ModuleType:
 @pytest.fixture(autouse=True)
 def interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _run_backend(loss_fn, logits, targets, backend, **kw):
+    x = logits.detach().clone().requires_grad_(True)
+    loss = loss_fn(x, targets, backend=backend, **kw)
+    if kw.get("reduction") == "none":  # one grad_output per loss element, the same per backend
+        grad_out = torch.rand(loss.shape, generator=torch.Generator().manual_seed(1))
+        grad_out = grad_out.to(logits.dtype)
+    else:
+        grad_out = torch.ones_like(loss)
+    loss.backward(grad_out)
+    return loss.detach(), x.grad
+
+
+def compare_backends(loss_fn, logits, targets, **kw):
+    """``loss_fn`` on the triton backend equals the torch backend in value, gradient, dtype and
+    shape, within :data:`TOL`; returns the triton loss and gradient."""
+    rtol, atol = TOL[logits.dtype]
+    ref_loss, ref_grad = _run_backend(loss_fn, logits, targets, "torch", **kw)
+    loss, grad = _run_backend(loss_fn, logits, targets, "triton", **kw)
+    assert loss.dtype == ref_loss.dtype and loss.shape == ref_loss.shape
+    assert grad.dtype == ref_grad.dtype and grad.shape == ref_grad.shape
+    torch.testing.assert_close(loss.float(), ref_loss.float(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=rtol, atol=atol)
+    return loss, grad

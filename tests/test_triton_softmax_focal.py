@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 
 import focalkit as fk
-from _triton_interp import TOL, import_kernel, interpret  # noqa: F401 (autouse fixture)
+from _triton_interp import (  # noqa: F401 (interpret: autouse fixture)
+    TOL,
+    compare_backends,
+    import_kernel,
+    interpret,
+)
 
 tsf = import_kernel("focalkit.kernels.triton_softmax_focal")
 
@@ -22,27 +27,8 @@ DTYPES = list(TOL)
 GAMMAS = [0.0, 0.5, 2.0]
 
 
-def _run(logits, targets, backend, grad_out=None, **kw):
-    x = logits.detach().clone().requires_grad_(True)
-    loss = fk.softmax_focal_loss(x, targets, backend=backend, **kw)
-    g = torch.ones_like(loss) if grad_out is None else grad_out
-    loss.backward(g)
-    return loss.detach(), x.grad
-
-
 def _compare(logits, targets, **kw):
-    rtol, atol = TOL[logits.dtype]
-    grad_out = None
-    if kw.get("reduction") == "none":  # per-row grad_output
-        grad_out = torch.rand(targets.shape, generator=torch.Generator().manual_seed(1))
-        grad_out = grad_out.to(logits.dtype)
-    ref_loss, ref_grad = _run(logits, targets, "torch", grad_out, **kw)
-    loss, grad = _run(logits, targets, "triton", grad_out, **kw)
-    assert loss.dtype == ref_loss.dtype and loss.shape == ref_loss.shape
-    assert grad.dtype == ref_grad.dtype and grad.shape == ref_grad.shape
-    torch.testing.assert_close(loss.float(), ref_loss.float(), rtol=rtol, atol=atol)
-    torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=rtol, atol=atol)
-    return loss, grad
+    return compare_backends(fk.softmax_focal_loss, logits, targets, **kw)
 
 
 def _labels(shape, num_classes, gen, ignore=0.2):

@@ -308,7 +308,7 @@ def _sigmoid_forward(
     out = None if spec.reduce_sum else torch.empty((rows, cols), dtype=cdtype, device=logits.device)
     total = torch.zeros((), dtype=cdtype, device=logits.device)
     step = _rows_per_chunk(rows, cols, logits.device)
-    chunked = step < rows or (logits.device.type == "cpu" and not is_compiling())
+    check_binary = may_read_values(logits)  # free on CPU in eager mode, a sync elsewhere
     binary = v2 is not None  # integer dense targets: hard 0/1 by construction
     for start in range(0, rows, step):
         stop = min(start + step, rows)
@@ -317,7 +317,7 @@ def _sigmoid_forward(
             loss, g = _index_terms(xs, t2[start:stop], v2[start:stop], spec.gamma, alpha_pos, need_grad)
         else:
             ys = t2[start:stop].to(cdtype)
-            terms = _binary_terms if (binary or (chunked and _is_binary(ys))) else _soft_terms
+            terms = _binary_terms if (binary or (check_binary and _is_binary(ys))) else _soft_terms
             loss, g = terms(xs, ys, spec.gamma, alpha_pos, need_grad)
             if v2 is not None:
                 vs = v2[start:stop].to(cdtype)
