@@ -22,9 +22,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALWAYS = {
     "focalkit (torch)": "sigmoid",
     "eager torchvision formula": "sigmoid",
-    "focalkit softmax": "softmax",
+    "focalkit softmax (torch)": "softmax",
     "eager cross_entropy focal": "softmax",
-    "focalkit ghm_c": "ghm_c",
+    "focalkit ghm_c (torch)": "ghm_c",
     "per-bin loop ghm_c": "ghm_c",
     "copy": "copy",
 }

@@ -15,7 +15,7 @@ What equals what (world size W = 2, float64 so the comparisons are tight):
 from __future__ import annotations
 
 import copy
-import socket
+import tempfile
 
 import pytest
 import torch
@@ -31,18 +31,18 @@ ROWS = 16  # whole batch; each rank gets ROWS // WORLD rows
 C = 4
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rendezvous() -> str:
+    """A fresh file for gloo's rendezvous: unlike a TCP port picked in advance, no other
+    process (e.g. the spawn of a test in the other xdist worker) can take it meanwhile."""
+    return f"file://{tempfile.mkdtemp(prefix='focalkit-dist-')}/store"
 
 
-def _entry(rank: int, port: int, scenarios: tuple[str, ...]) -> None:
+def _entry(rank: int, init: str, scenarios: tuple[str, ...]) -> None:
     """One rank: run the scenarios in order; the first failure ends the run (a rank that
     carried on could wait forever in a collective the failed rank never joins)."""
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+        "gloo", init_method=init, rank=rank, world_size=WORLD
     )
     try:
         for name in scenarios:
@@ -60,7 +60,7 @@ def two_rank_run() -> str | None:
     """Spawn the 2 ranks once for every scenario (process start-up dominates the run time);
     returns None, or the failing rank's traceback."""
     try:
-        mp.spawn(_entry, args=(_free_port(), tuple(SCENARIOS)), nprocs=WORLD, join=True)
+        mp.spawn(_entry, args=(_rendezvous(), tuple(SCENARIOS)), nprocs=WORLD, join=True)
     except mp.ProcessRaisedException as exc:
         return str(exc)
     return None

@@ -14,6 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import focalkit as fk
+import focalkit.functional.focal as focal_impl
 from _focal_refs import (
     bce_with_logits_ref,
     class_balanced_ref,
@@ -361,9 +362,10 @@ def test_multidim_logits(target_kind):
 
 @pytest.mark.parametrize("target_kind", ["soft", "index", "int_dense"])
 def test_large_input_spanning_chunks(target_kind):
-    """More rows than one CPU chunk (65536 elements): same as the reference everywhere."""
+    """More rows than one CPU chunk, with an elementwise weight (the allocating path)."""
     gen = torch.Generator().manual_seed(19)
-    N, C = 13_001, 7  # 91007 elements, not a multiple of the chunk
+    N, C = 40_001, 7  # 280007 elements: two chunks of 2**18, the second one short
+    assert N * C > focal_impl.CHUNK_ELEMENTS
     logits = torch.randn(N, C, generator=gen) * 3
     targets = _targets(target_kind, N, C, gen)
     if target_kind == "soft":
@@ -372,10 +374,79 @@ def test_large_input_spanning_chunks(target_kind):
         kw = {"reduction": reduction, "weight": torch.rand(N, 1, generator=gen)}
         got, got_g = _value_and_grad(fk.sigmoid_focal_loss, logits, targets, **kw)
         exp, exp_g = _ref_value_and_grad(logits, targets, **kw)
-        # "mean" divides by 91007: gradients are ~1e-5, so scale atol with them
-        atol = 1e-6 if reduction == "none" else 1e-10
+        # "mean" divides by N * C: gradients are ~1e-6, so scale atol with them
+        atol = 1e-6 if reduction == "none" else 1e-11
         _assert_close(got, exp, {"rtol": 1e-5, "atol": atol})
         _assert_close(got_g, exp_g, {"rtol": 1e-5, "atol": atol})
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("alpha_kind", ["none", "float", "vector", "one", "zero"])
+@pytest.mark.parametrize("target_kind", ["binary", "mixed", "index"])
+def test_cpu_chunk_paths_match_reference(monkeypatch, target_kind, alpha_kind, gamma):
+    """The CPU eager path in small chunks (6 rows of 9): binary chunks and all-valid index
+    chunks go through the scratch-buffer kernels, soft chunks and chunks with ignored rows
+    through the general ones; every chunk matches the float64 reference."""
+    monkeypatch.setattr(focal_impl, "CHUNK_ELEMENTS", 54)
+    gen = torch.Generator().manual_seed(31)
+    N, C = 41, 9
+    logits = torch.randn(N, C, generator=gen) * 4
+    logits[::5, ::3] = 12.0
+    logits[1::7, 1::4] = -12.0
+    if target_kind == "index":
+        targets = torch.randint(0, C + 1, (N,), generator=gen)
+        targets[20] = IGNORE  # one chunk (rows 18-23) takes the general path
+        targets[::5] = 0  # a confident column is the positive there
+    else:
+        targets = (torch.rand(N, C, generator=gen) < 0.3).float()
+        if target_kind == "mixed":
+            targets[6:12] = torch.rand(6, C, generator=gen)  # one soft chunk
+    alpha = {"one": 1.0, "zero": 0.0}.get(alpha_kind) if alpha_kind in ("one", "zero") else (
+        _alpha(alpha_kind, C)
+    )
+    for reduction in REDUCTIONS:
+        kw = {"reduction": reduction, "alpha": alpha, "gamma": gamma}
+        got, got_g = _value_and_grad(fk.sigmoid_focal_loss, logits, targets, **kw)
+        exp, exp_g = _ref_value_and_grad(logits, targets, **kw)
+        _assert_close(got, exp, {"rtol": 1e-5, "atol": 1e-7})
+        _assert_close(got_g, exp_g, {"rtol": 1e-5, "atol": 1e-7})
+
+
+@pytest.mark.parametrize("alpha", [None, 0.25])
+def test_index_chunk_sum_without_cancellation(alpha):
+    """All rows confidently right (+12 on the label, -12 elsewhere): the summed loss is
+    ~1e-10; the index path must not add each positive's negative-case term (~9) and subtract
+    it again, which would leave float32 rounding of ~1e-6."""
+    N, C = 64, 5
+    labels = torch.arange(N) % C
+    logits = torch.full((N, C), -12.0)
+    logits[torch.arange(N), labels] = 12.0
+    for reduction in ["sum", "none"]:
+        kw = {"reduction": reduction, "alpha": alpha}
+        got, got_g = _value_and_grad(fk.sigmoid_focal_loss, logits, labels, **kw)
+        exp, exp_g = _ref_value_and_grad(logits, labels, **kw)
+        _assert_close(got, exp, {"rtol": 1e-5, "atol": 0})
+        _assert_close(got_g, exp_g, {"rtol": 1e-5, "atol": 0})
+
+
+@pytest.mark.parametrize("target_kind", ["binary", "soft", "index"])
+def test_second_backward_through_retained_graph(target_kind):
+    """backward scales the stored gradient in place; a second backward through the same
+    graph recomputes it, so both equal the reference."""
+    gen = torch.Generator().manual_seed(47)
+    logits = torch.randn(11, 6, generator=gen) * 3
+    targets = _targets(target_kind, 11, 6, gen)
+    if target_kind != "index":
+        targets = targets.float()
+    x = logits.clone().requires_grad_(True)
+    loss = fk.sigmoid_focal_loss(x, targets, alpha=0.25, reduction="sum")
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    x.grad = None
+    loss.backward(torch.tensor(3.0))
+    _, exp_g = _ref_value_and_grad(logits, targets, alpha=0.25, reduction="sum")
+    _assert_close(first, exp_g, F32)
+    _assert_close(x.grad, 3 * exp_g, F32)
 
 
 def test_non_contiguous_inputs():
@@ -982,3 +1053,9 @@ def test_class_balanced_weights_negative_count():
 @pytest.mark.parametrize("pi", [0.0, 1.0, -0.1])
 def test_prior_bias_bad_pi(pi):
     _raises(ValueError, "pi", fk.prior_bias, pi)
+
+
+@pytest.mark.parametrize("module", [fk.SigmoidFocalLoss, fk.SoftmaxFocalLoss])
+def test_module_unknown_backend_raises_at_construction(module):
+    with pytest.raises(ValueError, match=r"backend: expected one of .*'auto'.*got 'cuda'"):
+        module(backend="cuda")

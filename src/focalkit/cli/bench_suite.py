@@ -13,9 +13,11 @@ Implementations (``op`` family, baseline of the family in brackets):
   ``resolve_backend("auto", logits)`` picks triton, the eager torchvision formula,
   ``torch.compile`` of it, ``torchvision.ops`` / ``kornia`` / ``monai`` where importable; dense
   float targets of the logits' dtype, alpha 0.25, gamma 2, mean.
-* ``softmax`` [eager cross_entropy focal]: ``focalkit.softmax_focal_loss`` (gamma 2, no alpha)
-  against the ``F.cross_entropy``-based formula, int64 class targets, one per row.
-* ``ghm_c`` [per-bin loop]: ``focalkit.ghm_c_loss(bins=30)`` against mmdetection's per-bin loop.
+* ``softmax`` [eager cross_entropy focal]: ``focalkit.softmax_focal_loss`` (gamma 2, no alpha;
+  torch backend, and triton where "auto" picks it) against the ``F.cross_entropy``-based
+  formula, int64 class targets, one per row.
+* ``ghm_c`` [per-bin loop]: ``focalkit.ghm_c_loss(bins=30)`` (torch backend, and triton where
+  "auto" picks it) against mmdetection's per-bin loop.
 * ``copy``: ``dst.copy_(src)`` of the logits, the bandwidth ceiling (same in every mode).
 
 Minimal bytes (``n`` logits of ``s`` bytes each, ``r`` rows; dense targets have the logits'
@@ -100,7 +102,11 @@ BASELINE = {
     "copy": "eager torchvision formula",
 }
 COMPILED = "torch.compile(eager)"
-REFERENCE = {"sigmoid": "focalkit (torch)", "softmax": "focalkit softmax", "ghm_c": "focalkit ghm_c"}
+REFERENCE = {
+    "sigmoid": "focalkit (torch)",
+    "softmax": "focalkit softmax (torch)",
+    "ghm_c": "focalkit ghm_c (torch)",
+}
 STATUS = Path("/proc/self/status")
 
 
@@ -284,11 +290,14 @@ def implementations(
         Impl("focalkit (torch)", "sigmoid",
              lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend="torch")),
     ]
-    if resolve_backend("auto", case.logits) == "triton":
+    triton = resolve_backend("auto", case.logits) == "triton"
+    if triton:
         impls.append(Impl("focalkit (triton)", "sigmoid",
                           lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend="triton")))
     else:
-        skipped.setdefault("focalkit (triton)", "auto backend resolves to torch on this device")
+        why = "auto backend resolves to torch on this device"
+        for name in ("focalkit (triton)", "focalkit softmax (triton)", "focalkit ghm_c (triton)"):
+            skipped.setdefault(name, why)
     impls.append(Impl(BASELINE["sigmoid"], "sigmoid", lambda x, c: eager_focal(x, c.dense)))
     if with_compile:
         if compile_ok:
@@ -319,11 +328,21 @@ def implementations(
         impls.append(Impl("monai", "sigmoid", lambda x, c: monai_loss(x, c.dense)))
     except ImportError:
         skipped.setdefault("monai", "not installed")
+    impls.append(Impl(REFERENCE["softmax"], "softmax",
+                      lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0, backend="torch")))
+    if triton:
+        impls.append(Impl("focalkit softmax (triton)", "softmax",
+                          lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0,
+                                                             backend="triton")))
     impls += [
-        Impl(REFERENCE["softmax"], "softmax",
-             lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0)),
         Impl(BASELINE["softmax"], "softmax", lambda x, c: eager_softmax_focal(x, c.labels)),
-        Impl(REFERENCE["ghm_c"], "ghm_c", lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30)),
+        Impl(REFERENCE["ghm_c"], "ghm_c",
+             lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30, backend="torch")),
+    ]
+    if triton:
+        impls.append(Impl("focalkit ghm_c (triton)", "ghm_c",
+                          lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30, backend="triton")))
+    impls += [
         Impl(BASELINE["ghm_c"], "ghm_c", lambda x, c: loop_ghm_c(x, c.dense, c.valid, bins=30)),
         Impl("copy", "copy", None),
     ]

@@ -11,6 +11,12 @@ boxes. One limit: when *both* boxes have zero area and overlap along a segment, 
 is of order ``length / eps``: finite in float32/bfloat16, beyond the float16 range. Nothing
 reads tensor values unless ``validate=True`` (a device sync).
 
+``backend=`` chooses who computes the per-box loss: ``"torch"`` (autograd through
+``_Geometry``: the reference) or ``"triton"`` (one fused kernel writing the loss and its
+analytic gradient, :mod:`focalkit.kernels.triton_box`); ``"auto"`` picks Triton for
+float32/float16/bfloat16 CUDA tensors when triton is installed. Format conversion and the
+reduction are torch on both.
+
 Notation, for a predicted box ``A`` (``w, h``) and target box ``B`` (``w_g, h_g``): ``C`` the
 smallest box enclosing both (``C_w, C_h``), ``rho`` the distance of the centres,
 ``c^2 = C_w^2 + C_h^2`` the squared diagonal of ``C``.
@@ -44,6 +50,7 @@ from .._checks import (
 )
 from .._compat import compute_dtype, output_dtype
 from .._reduce import reduce_loss
+from ..kernels.dispatch import resolve_backend
 
 __all__ = [
     "box_convert",
@@ -185,6 +192,40 @@ class _Geometry:
         return self.rho2 / (cw2 + ch2 + eps) + dw * dw / (cw2 + eps) + dh * dh / (ch2 + eps)
 
 
+def _torch_per_box(
+    kind: str, pred: Tensor, target: Tensor, eps: float, gamma: float, mode: str
+) -> Tensor:
+    """The reference: per-box loss of xyxy boxes, autograd through :class:`_Geometry`."""
+    geo = _Geometry(pred, target, eps)
+    if kind == "iou":
+        return 1 - geo.iou if mode == "linear" else -torch.log(geo.iou.clamp(min=eps))
+    if kind == "giou":
+        return 1 - geo.iou + geo.giou_penalty()
+    if kind == "diou":
+        return 1 - geo.iou + geo.diou_penalty()
+    if kind == "ciou":
+        return 1 - geo.iou + geo.diou_penalty() + geo.ciou_penalty()
+    loss = 1 - geo.iou + geo.eiou_penalty()  # eiou, focal_eiou
+    if kind == "focal_eiou" and gamma != 0:
+        loss = geo.iou.detach().clamp(min=0).pow(gamma) * loss
+    return loss
+
+
+def _triton_per_box(
+    kind: str, pred: Tensor, target: Tensor, eps: float, gamma: float, mode: str
+) -> Tensor:
+    """The same per-box loss from the fused Triton kernel (float32; gradient w.r.t. pred)."""
+    from ..kernels.triton_box import TritonBoxSpec, triton_box_loss
+
+    if kind == "iou" and mode == "log":
+        kind = "iou_log"
+    elif kind == "focal_eiou" and gamma == 0:
+        kind = "eiou"  # the torch path skips the factor at gamma = 0 too
+    if target.dtype == torch.float64:  # pred is never float64 here (dispatch rule "dtype")
+        target = target.to(torch.float32)
+    return triton_box_loss(pred, target, TritonBoxSpec(kind, float(eps), float(gamma)))
+
+
 def _box_loss(
     kind: str,
     pred_boxes: Tensor,
@@ -198,31 +239,27 @@ def _box_loss(
     validate: bool,
     gamma: float = 0.0,
     mode: str = "linear",
+    backend: str = "auto",
 ) -> Tensor:
     _check_box_args(pred_boxes, target_boxes, box_format, eps, reduction, normalizer)
     if weight is not None:
         check_tensor("weight", weight)
+    # the kernel differentiates w.r.t. pred_boxes only (see kernels/triton_box.py)
+    unsupported = "target_boxes that require grad" if target_boxes.requires_grad else None
+    use_triton = resolve_backend(backend, pred_boxes, unsupported=unsupported) == "triton"
     out_dtype = output_dtype(pred_boxes)
     cdtype = compute_dtype(pred_boxes)
     with torch.autocast(pred_boxes.device.type, enabled=False):
-        pred = box_convert(pred_boxes.to(cdtype), box_format, "xyxy")
-        target = box_convert(target_boxes.to(cdtype), box_format, "xyxy")
+        if use_triton and box_format == "xyxy":  # the kernel upcasts to float32 on load
+            pred, target = pred_boxes, target_boxes
+        else:
+            pred = box_convert(pred_boxes.to(cdtype), box_format, "xyxy")
+            target = box_convert(target_boxes.to(cdtype), box_format, "xyxy")
         if validate:
             _validate_xyxy("pred_boxes", pred)
             _validate_xyxy("target_boxes", target)
-        geo = _Geometry(pred, target, eps)
-        if kind == "iou":
-            loss = 1 - geo.iou if mode == "linear" else -torch.log(geo.iou.clamp(min=eps))
-        elif kind == "giou":
-            loss = 1 - geo.iou + geo.giou_penalty()
-        elif kind == "diou":
-            loss = 1 - geo.iou + geo.diou_penalty()
-        elif kind == "ciou":
-            loss = 1 - geo.iou + geo.diou_penalty() + geo.ciou_penalty()
-        else:  # eiou, focal_eiou
-            loss = 1 - geo.iou + geo.eiou_penalty()
-            if kind == "focal_eiou" and gamma != 0:
-                loss = geo.iou.detach().clamp(min=0).pow(gamma) * loss
+        per_box = _triton_per_box if use_triton else _torch_per_box
+        loss = per_box(kind, pred, target, eps, gamma, mode)
         loss = reduce_loss(loss, reduction, weight=weight, normalizer=normalizer)
     return loss.to(out_dtype)
 
@@ -240,6 +277,12 @@ _COMMON_ARGS = """
         normalizer: if given, ``sum / max(normalizer, 1)``; only with ``reduction="mean"``.
         validate: if True, raise ValueError when a box has ``x2 < x1`` or ``y2 < y1``
             (reads values: a device sync; off by default).
+        backend: ``"auto"`` (default: the Triton kernel for float32/float16/bfloat16 CUDA
+            tensors when triton is installed, else torch), ``"torch"`` or ``"triton"``
+            (``ValueError`` where it cannot run: float64, no CUDA, no triton, or
+            ``target_boxes`` that require grad, which only torch differentiates). Both give
+            the same values and gradients; the Triton backward is once-differentiable
+            (no ``create_graph=True``). See :mod:`focalkit.kernels.dispatch`.
 """
 
 
@@ -261,6 +304,7 @@ def iou_loss(
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""IoU loss: ``mode="linear"`` gives :math:`1 - \mathrm{IoU}`, ``mode="log"`` gives
     :math:`-\log \max(\mathrm{IoU}, \epsilon)` (UnitBox; its gradient is 0 for disjoint boxes).
@@ -289,6 +333,7 @@ def iou_loss(
         normalizer=normalizer,
         validate=validate,
         mode=mode,
+        backend=backend,
     )
 
 
@@ -302,6 +347,7 @@ def giou_loss(
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Generalised IoU loss, in ``[0, 2)``:
 
@@ -325,6 +371,7 @@ def giou_loss(
         reduction=reduction,
         normalizer=normalizer,
         validate=validate,
+        backend=backend,
     )
 
 
@@ -338,6 +385,7 @@ def diou_loss(
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Distance IoU loss, in ``[0, 2)``:
 
@@ -363,6 +411,7 @@ def diou_loss(
         reduction=reduction,
         normalizer=normalizer,
         validate=validate,
+        backend=backend,
     )
 
 
@@ -376,6 +425,7 @@ def ciou_loss(
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Complete IoU loss:
 
@@ -406,6 +456,7 @@ def ciou_loss(
         reduction=reduction,
         normalizer=normalizer,
         validate=validate,
+        backend=backend,
     )
 
 
@@ -419,6 +470,7 @@ def eiou_loss(
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Efficient IoU loss (Zhang et al.):
 
@@ -449,6 +501,7 @@ def eiou_loss(
         reduction=reduction,
         normalizer=normalizer,
         validate=validate,
+        backend=backend,
     )
 
 
@@ -463,6 +516,7 @@ def focal_eiou_loss(
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Focal-EIoU loss: :math:`L = \mathrm{IoU}^{\gamma} L_{EIoU}` (Efficient IoU, see
     :func:`eiou_loss`), with the factor :math:`\mathrm{IoU}^{\gamma}` a constant in backward
@@ -489,6 +543,7 @@ def focal_eiou_loss(
         normalizer=normalizer,
         validate=validate,
         gamma=float(gamma),
+        backend=backend,
     )
 
 

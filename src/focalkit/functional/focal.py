@@ -82,13 +82,21 @@ def _check_gamma(gamma: Gamma) -> Gamma:
 
 
 def _alpha_tensor(alpha: Alpha, num_classes: int, like: Tensor) -> Tensor | None:
-    """alpha as a tensor (0-dim or (C,)) in the compute dtype of ``like``, on its device."""
+    """alpha as a tensor (0-dim or (C,)) in the compute dtype of ``like``, on its device.
+
+    A Python number becomes a device-side fill (``torch.full``): ``torch.tensor(x,
+    device="cuda")`` would copy from the host and synchronise. A list is copied to the device
+    (a synchronising copy on CUDA): pass a tensor on the logits' device to avoid it."""
     if alpha is None:
         return None
-    if not isinstance(alpha, (Tensor, int, float)):
+    cdtype = compute_dtype(like)
+    if isinstance(alpha, (int, float)):  # bool included: check_alpha refuses it
+        check_alpha(alpha, num_classes)
+        return torch.full((), float(alpha), dtype=cdtype, device=like.device)
+    if not isinstance(alpha, Tensor):
         alpha = torch.as_tensor(alpha, dtype=torch.float64)
     check_alpha(alpha, num_classes)
-    return torch.as_tensor(alpha, dtype=compute_dtype(like), device=like.device).detach()
+    return alpha.detach().to(device=like.device, dtype=cdtype)
 
 
 class _GammaPlan(NamedTuple):
@@ -103,6 +111,10 @@ class _GammaPlan(NamedTuple):
         if isinstance(gamma, Tensor):
             return cls(0.0, gamma.float(), False)
         return cls(float(gamma), None, False)
+
+    def is_plain(self) -> bool:
+        """A Python float gamma (not "flsd53", not a tensor)."""
+        return not self.flsd and self.tensor is None
 
     def for_q(self, q: Tensor) -> float | Tensor:
         """gamma as used on elements whose ``1 - p_t`` is ``q`` (a float or a tensor)."""
@@ -230,10 +242,11 @@ def _binary_terms(
     return loss, grad_z.addcmul_(grad_z, y, value=-2)  # d z / d x = 1 - 2y
 
 
-def _is_binary(y: Tensor) -> bool:
+def _is_binary(y: Tensor, out: Tensor | None = None) -> bool:
     """True if every entry is exactly 0 or 1 (sum |y - y^2| == 0; a sum is several times
-    cheaper than ``any`` on CPU). Reads values, so it is used on CPU in eager mode only."""
-    return float(torch.addcmul(y, y, y, value=-1).abs_().sum()) == 0.0
+    cheaper than ``any`` on CPU). Reads values, so it is used on CPU in eager mode only.
+    ``out``: a scratch tensor of ``y``'s shape for the temporary."""
+    return float(torch.addcmul(y, y, y, value=-1, out=out).abs_().sum()) == 0.0
 
 
 def _index_terms(
@@ -266,6 +279,173 @@ def _index_terms(
         grad.scatter_(-1, col, torch.where(pos, grad_pos.neg(), grad.gather(-1, col)))
         grad.mul_(row_valid)
     return loss, grad
+
+
+# --------------------------------------------------------------------------------------------
+# sigmoid focal loss: the CPU eager path for hard targets (no temporaries)
+# --------------------------------------------------------------------------------------------
+
+
+class _ChunkViews(NamedTuple):
+    bufs: tuple[Tensor, ...]  # five scratch tensors of the chunk's shape
+    alpha_neg: Tensor | None  # 1 - alpha broadcast to the chunk (None: not filled)
+    alpha_pos: Tensor | None  # alpha broadcast to the chunk
+
+
+class _Scratch:
+    """Chunk-sized buffers allocated once per call and reused by every chunk: on the CPU
+    eager path every elementwise op writes into one of them (``out=``) rather than allocating
+    a fresh temporary, whose first touch costs page faults (about as much as the op itself).
+    The views of a chunk's shape are made once (a call has at most two chunk shapes).
+
+    With ``alpha_pos``, ``1 - alpha`` and ``alpha`` are broadcast to one chunk (filled once),
+    so ``alpha_t`` is one ``lerp`` between contiguous tensors: exact for 0/1 targets (``lerp``
+    returns its end points there), unlike ``(1 - alpha) + (2 alpha - 1) y``, and without the
+    slow path that broadcasting a 0-dim operand takes in a ternary op."""
+
+    def __init__(
+        self, rows: int, cols: int, like: Tensor, dtype: torch.dtype, alpha_pos: Tensor | None
+    ) -> None:
+        self._buf = torch.empty((5, rows, cols), dtype=dtype, device=like.device)
+        self._alpha = None
+        if alpha_pos is not None:
+            ends = torch.stack([1 - alpha_pos, alpha_pos]).reshape(2, 1, -1)
+            self._alpha = ends.expand(2, rows, cols).contiguous()
+        self._views: dict[int, _ChunkViews] = {}
+
+    def __call__(self, rows: int) -> _ChunkViews:
+        views = self._views.get(rows)
+        if views is None:
+            alpha = (None, None) if self._alpha is None else self._alpha[:, :rows].unbind(0)
+            views = self._views[rows] = _ChunkViews(self._buf[:, :rows].unbind(0), *alpha)
+        return views
+
+
+def _hard_chunk(
+    z: Tensor,
+    gamma: float,
+    scale: Tensor | float | None,
+    sign: Tensor | None,
+    loss_out: Tensor | None,
+    grad_out: Tensor | None,
+    bufs: tuple[Tensor, ...],
+    drop: tuple[Tensor, Tensor] | None = None,
+) -> Tensor | None:
+    """:func:`_hard_terms` for one CPU chunk, written into ``scratch``, ``loss_out`` and
+    ``grad_out`` (no allocation of the chunk's size).
+
+    ``scale`` (``a`` in the formulas: ``alpha_t``, a tensor of the chunk's shape, a float or
+    None) multiplies loss and gradient. ``sign`` (the 0/1 targets, or None) multiplies the
+    gradient by ``dz/dx = 1 - 2y``. Returns the chunk's summed loss when ``loss_out`` is None
+    (else writes the elementwise loss there); the gradient goes to ``grad_out`` if given.
+    ``drop = (col, keep)`` removes the terms at ``(row, col[row])`` where ``keep`` is False
+    from the returned sum (the caller overwrites those slots of ``loss_out``/``grad_out``).
+    ``bufs``: the five scratch tensors of the chunk's shape; ``z`` may be ``bufs[2]`` and
+    ``scale`` ``bufs[3]`` (each is dead by the time its slot is written)."""
+    q = torch.sigmoid(z, out=bufs[0])
+    # BCE = softplus(z) = max(z, 0) - log1p(-min(q, 1 - q)), formed from q in less time than
+    # softplus takes on CPU. min(q, 1 - q) is q itself for z <= 0 (log1p keeps its relative
+    # precision for tiny q) and 1 - q for z > 0, where its absolute error (~6e-8) is
+    # negligible against BCE > log(2): relative error below 1e-7 either way.
+    t = torch.add(q, -1, out=bufs[4])  # q - 1, reused by the gradient
+    bce = torch.clamp_min(z, 0, out=bufs[1])
+    v = torch.maximum(torch.neg(q, out=bufs[2]), t, out=bufs[2])
+    bce.sub_(torch.log1p(v, out=v))
+    const = 1.0
+    if isinstance(scale, float):
+        const, scale = scale, None
+    mod = None if gamma == 0 else q if gamma == 1 else torch.pow(q, gamma, out=bufs[2])
+    if scale is not None:
+        mod = scale if mod is None else torch.mul(mod, scale, out=bufs[2])
+    # mod is now a q^g (None: 1), still to be multiplied by const
+    if drop is not None:
+        # zero a factor of the dropped terms; their gradient slots are overwritten later
+        col, keep = drop
+        factor = bce if gamma == 0 else mod  # gamma == 0: the gradient does not use BCE
+        factor.scatter_(-1, col, factor.gather(-1, col).mul_(keep))
+    partial = None
+    if loss_out is None:
+        partial = bce.sum() if mod is None else torch.dot(bce.view(-1), mod.reshape(-1))
+        if const != 1.0:
+            partial = partial * const
+    else:
+        if mod is None:
+            loss_out.copy_(bce)
+        else:
+            torch.mul(bce, mod, out=loss_out)
+        if const != 1.0:
+            loss_out.mul_(const)
+    if grad_out is None:
+        return partial
+    # dL/dz = a q^g (q + g (1 - q) BCE); t = q - 1 is exact to float precision where it matters
+    if gamma == 0:
+        t = q
+    else:
+        t = torch.addcmul(q, t, bce, value=-gamma, out=t)
+    if sign is not None:
+        if mod is not None:
+            t = t.mul_(mod)
+        torch.addcmul(t, t, sign, value=-2, out=grad_out)  # dz/dx = 1 - 2y
+    elif mod is not None:
+        torch.mul(t, mod, out=grad_out)
+    else:
+        grad_out.copy_(t)
+    if const != 1.0:
+        grad_out.mul_(const)
+    return partial
+
+
+def _binary_chunk(
+    x: Tensor,
+    y: Tensor,
+    gamma: float,
+    views: _ChunkViews,
+    loss_out: Tensor | None,
+    grad_out: Tensor | None,
+) -> Tensor | None:
+    """:func:`_binary_terms` for one CPU chunk of 0/1 targets, through :func:`_hard_chunk`."""
+    bufs = views.bufs
+    alpha_t = None
+    if views.alpha_neg is not None:
+        alpha_t = torch.lerp(views.alpha_neg, views.alpha_pos, y, out=bufs[3])
+    z = torch.addcmul(x, x, y, value=-2, out=bufs[2])  # exact: x or -x
+    return _hard_chunk(z, gamma, alpha_t, y, loss_out, grad_out, bufs)
+
+
+def _index_chunk(
+    x: Tensor,
+    labels: Tensor,
+    gamma: _GammaPlan,
+    alpha_pos: Tensor | None,
+    views: _ChunkViews,
+    loss_out: Tensor | None,
+    grad_out: Tensor | None,
+) -> Tensor | None:
+    """:func:`_index_terms` for one CPU chunk whose rows are all valid: every element as a
+    negative through :func:`_hard_chunk` (the positives' slots left out of the sum), then the
+    (at most one per row) positive recomputed with ``z = -x`` and scattered in."""
+    num_classes = x.shape[-1]
+    if alpha_pos is None:
+        scale = None
+    elif alpha_pos.dim() == 0:
+        scale = 1.0 - float(alpha_pos)
+    else:
+        scale = views.alpha_neg
+    is_pos = (labels < num_classes).unsqueeze(-1)  # valid rows: labels in [0, C]
+    col = labels.clamp(max=num_classes - 1).unsqueeze(-1)
+    drop = (col, is_pos.logical_not().to(x.dtype))
+    partial = _hard_chunk(x, gamma.value, scale, None, loss_out, grad_out, views.bufs, drop)
+    x_pos = x.gather(-1, col)
+    a_pos = None
+    if alpha_pos is not None:
+        a_pos = alpha_pos.expand(num_classes)[col] if alpha_pos.dim() else alpha_pos
+    loss_pos, grad_pos = _hard_terms(torch.neg(x_pos), gamma, a_pos, grad_out is not None)
+    if grad_out is not None:
+        grad_out.scatter_(-1, col, torch.where(is_pos, grad_pos.neg(), grad_out.gather(-1, col)))
+    if loss_out is not None:
+        loss_out.scatter_(-1, col, torch.where(is_pos, loss_pos, loss_out.gather(-1, col)))
+        return None
+    return partial + torch.where(is_pos, loss_pos, 0).sum()
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,13 +490,36 @@ def _sigmoid_forward(
     step = _rows_per_chunk(rows, cols, logits.device)
     check_binary = may_read_values(logits)  # free on CPU in eager mode, a sync elsewhere
     binary = v2 is not None  # integer dense targets: hard 0/1 by construction
+    # CPU eager, a float gamma and no elementwise weight: chunks of hard targets go through
+    # _hard_chunk, which writes into per-call scratch buffers instead of allocating
+    scratch = None
+    if check_binary and spec.gamma.is_plain() and w2 is None and rows:
+        # a broadcast alpha is needed except for a scalar alpha on index targets (a float)
+        broadcast = alpha_pos is not None and (alpha_pos.dim() or not spec.index_form)
+        scratch = _Scratch(min(step, rows), cols, logits, cdtype, alpha_pos if broadcast else None)
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         xs = x2[start:stop].to(cdtype)
+        loss_out = None if out is None else out[start:stop]
+        grad_out = None if grad is None else grad[start:stop]
         if spec.index_form:
+            if scratch is not None and bool(v2[start:stop].all()):
+                views = scratch(stop - start)
+                partial = _index_chunk(
+                    xs, t2[start:stop], spec.gamma, alpha_pos, views, loss_out, grad_out
+                )
+                if partial is not None:
+                    total = total + partial
+                continue
             loss, g = _index_terms(xs, t2[start:stop], v2[start:stop], spec.gamma, alpha_pos, need_grad)
         else:
             ys = t2[start:stop].to(cdtype)
+            views = None if scratch is None or v2 is not None else scratch(stop - start)
+            if views is not None and _is_binary(ys, views.bufs[0]):
+                partial = _binary_chunk(xs, ys, spec.gamma.value, views, loss_out, grad_out)
+                if partial is not None:
+                    total = total + partial
+                continue
             terms = _binary_terms if (binary or (check_binary and _is_binary(ys))) else _soft_terms
             loss, g = terms(xs, ys, spec.gamma, alpha_pos, need_grad)
             if v2 is not None:
@@ -330,9 +533,9 @@ def _sigmoid_forward(
         if spec.reduce_sum:
             total = total + loss.sum()
         else:
-            out[start:stop] = loss
+            loss_out.copy_(loss)
         if g is not None:
-            grad[start:stop] = g
+            grad_out.copy_(g)
     if grad is not None:
         grad = grad.reshape(logits.shape)
     return (total if spec.reduce_sum else out.reshape(logits.shape)), grad
@@ -537,7 +740,6 @@ def _softmax_forward(
     cdtype = compute_dtype(logits)
     x = logits.to(cdtype)
     num_classes = x.shape[-1]
-    logp = torch.log_softmax(x, dim=-1)
     per_class_scale = None  # alpha_c * w_c, shape (C,)
     if class_weight is not None:
         per_class_scale = class_weight.to(cdtype)
@@ -555,7 +757,13 @@ def _softmax_forward(
             else class_weight.to(cdtype)[safe.squeeze(-1)]
         ) * valid
         denominator = w_y.sum()  # F.cross_entropy: mean divides by the sum of w[y]
-        if eps == 0:
+        if eps == 0 and may_read_values(x):
+            loss, grad = _softmax_index_chunks(
+                x, safe, valid, per_class_scale, global_alpha, spec.gamma, need_grad
+            )
+            global_alpha = None  # applied per row in the chunks
+        elif eps == 0:
+            logp = torch.log_softmax(x, dim=-1)
             logp_y = logp.gather(-1, safe)
             ell, G = _softmax_focal_terms(logp_y, spec.gamma)
             u = valid.unsqueeze(-1).to(cdtype)
@@ -567,15 +775,17 @@ def _softmax_forward(
                 grad = torch.exp(logp).mul_(G * u)
                 grad.scatter_add_(-1, safe, (G * u).neg())
         else:
+            logp = torch.log_softmax(x, dim=-1)
             t = torch.full_like(x, eps / num_classes)
             t.scatter_add_(-1, safe, torch.full_like(logp[:, :1], 1 - eps))
             u = t * valid.unsqueeze(-1)
             loss, grad = _per_class(logp, u, per_class_scale, spec.gamma, need_grad)
     else:
+        logp = torch.log_softmax(x, dim=-1)
         t = target.to(cdtype)
         if eps > 0:
             t = t * (1 - eps) + eps / num_classes
-        denominator = torch.tensor(float(x.shape[0]), dtype=cdtype, device=x.device)
+        denominator = torch.full((), float(x.shape[0]), dtype=cdtype, device=x.device)
         loss, grad = _per_class(logp, t, per_class_scale, spec.gamma, need_grad)
     if global_alpha is not None:
         a = global_alpha.to(cdtype)
@@ -584,6 +794,59 @@ def _softmax_forward(
     if spec.reduce_sum:
         loss = loss.sum()
     return loss, denominator, grad
+
+
+def _softmax_index_chunks(
+    x: Tensor,
+    safe: Tensor,
+    valid: Tensor,
+    per_class_scale: Tensor | None,
+    global_alpha: Tensor | None,
+    gamma: _GammaPlan,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """The index form without label smoothing on the CPU eager path: ``softmax`` written
+    straight into the gradient (or, without one, into a cache-sized scratch, chunk by chunk)
+    and ``log p`` formed at the target column only; no temporary of the logits' size besides
+    the gradient. Returns the per-row loss and the gradient.
+
+    ``rest = 1 - p_y`` is the sum of the other columns' probabilities (no cancellation), so
+    ``log p_y`` is ``log1p(-rest)`` for ``p_y >= 1/2`` (exact where ``log_softmax`` rounds
+    ``-log(1 + tiny)`` to 0) and ``log(p_y)`` below; rows where ``p_y`` underflows below the
+    smallest normal float are recomputed with ``log_softmax``. The gradient is ``p_j G u`` off
+    the target column and ``-rest G u`` on it."""
+    rows, num_classes = x.shape
+    # with a gradient, softmax writes into it: one piece (the per-row work is a few dozen
+    # small ops, so fewer pieces are faster); without, cache-sized pieces bound the scratch
+    step = max(rows, 1) if need_grad else _rows_per_chunk(rows, num_classes, x.device)
+    buf = None if need_grad else x.new_empty((min(step, rows), num_classes))
+    loss = x.new_empty(rows)
+    grad = torch.empty_like(x) if need_grad else None
+    tiny = torch.finfo(x.dtype).tiny
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        xs = x[start:stop]
+        out = buf[: stop - start] if grad is None else grad[start:stop]
+        p = torch.softmax(xs, -1, out=out)
+        col = safe[start:stop]
+        p_y = p.gather(-1, col)
+        rest = p.scatter_(-1, col, 0.0).sum(-1, keepdim=True)  # 1 - p_y
+        logp_y = torch.where(p_y < 0.5, torch.log(p_y), torch.log1p(rest.neg()))
+        underflow = p_y < tiny
+        if bool(underflow.any()):  # CPU eager: reading the flag is free
+            r = underflow.squeeze(-1).nonzero().squeeze(-1)
+            logp_y[r] = torch.log_softmax(xs[r], -1).gather(-1, col[r])
+        ell, G = _softmax_focal_terms(logp_y, gamma)
+        u = valid[start:stop].unsqueeze(-1).to(x.dtype)
+        if per_class_scale is not None:
+            u = u * per_class_scale[col]
+        if global_alpha is not None:
+            u = u * global_alpha.to(x.dtype)
+        loss[start:stop] = (ell * u).squeeze(-1)
+        if grad is not None:
+            Gu = G * u
+            p.mul_(Gu).scatter_(-1, col, rest.neg_().mul_(Gu))
+    return loss, grad
 
 
 def _per_class(
@@ -600,24 +863,33 @@ def _per_class(
 
 
 class _SoftmaxFocalFunction(torch.autograd.Function):
+    """Like :class:`_SigmoidFocalFunction`: the gradient is formed in forward and scaled in
+    place by ``grad_output`` in backward; a second backward through a retained graph
+    recomputes it."""
+
     @staticmethod
     def forward(ctx, logits, target, class_weight, alpha, spec: _SoftmaxSpec):
         loss, denominator, grad = _softmax_forward(
             logits, target, class_weight, alpha, spec, ctx.needs_input_grad[0]
         )
         ctx.logits_dtype = logits.dtype
-        ctx.reduce_sum = spec.reduce_sum
-        ctx.save_for_backward(grad)
+        ctx.spec = spec
+        ctx.grad = grad  # consumed in place by the first backward
+        ctx.save_for_backward(logits, target, class_weight, alpha)
         ctx.mark_non_differentiable(denominator)
         return loss, denominator
 
     @staticmethod
     def backward(ctx, grad_output, _grad_denominator):
         _refuse_double_backward()
-        (grad,) = ctx.saved_tensors
-        if not ctx.reduce_sum:
+        grad = ctx.grad
+        ctx.grad = None
+        if grad is None:  # a second backward through a retained graph
+            logits, target, class_weight, alpha = ctx.saved_tensors
+            _, _, grad = _softmax_forward(logits, target, class_weight, alpha, ctx.spec, True)
+        if not ctx.spec.reduce_sum:
             grad_output = grad_output.unsqueeze(-1)
-        return (grad * grad_output).to(ctx.logits_dtype), None, None, None, None
+        return grad.mul_(grad_output).to(ctx.logits_dtype), None, None, None, None
 
 
 def _channel_last(logits: Tensor) -> Tensor:

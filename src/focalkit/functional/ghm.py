@@ -14,6 +14,11 @@ Counts are integer (``bincount`` on CPU, ``scatter_add`` of int64 ones elsewhere
 under ``torch.compile``), so they are exact beyond ``2**24`` elements; weights are formed per
 bin in float64 and gathered per element. There is no Python loop over bins and no ``.item()``.
 
+``backend="triton"`` (:mod:`focalkit.kernels.triton_ghm`, the default for CUDA tensors when
+triton is importable) builds the same counts in a kernel and computes the weighted loss and its
+gradient in a second one; the steps in between (all-reduce for ``sync``, EMA, per-bin weights)
+are the torch code below, on tensors of ``bins + 1`` entries.
+
 Reference: B. Li, Y. Liu, X. Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019,
 https://arxiv.org/abs/1811.05181 (authors' code: github.com/libuyu/GHM_Detection).
 """
@@ -37,7 +42,8 @@ from .._checks import (
 )
 from .._compat import compute_dtype, is_compiling, output_dtype
 from .._reduce import finish
-from ._targets import parse_sigmoid_targets
+from ..kernels.dispatch import resolve_backend
+from ._targets import SigmoidTargets, parse_sigmoid_targets
 
 __all__ = ["ghm_c_loss", "ghm_r_loss"]
 
@@ -159,6 +165,23 @@ def global_histogram(counts: Tensor, total: Tensor, world: int) -> tuple[Tensor,
     return packed[:-1], packed[-1]
 
 
+def _harmonize(
+    counts: Tensor,
+    total: Tensor,
+    world: int,
+    ema: Tensor | None,
+    momentum: float,
+    update: bool,
+) -> tuple[Tensor, Tensor]:
+    """float64 per-bin weights (``bins + 1`` entries) and ``total`` (all-reduced over ``world``
+    ranks, clamped to >= 1), from the local counts and total: the steps between the two passes
+    over the elements, on tensors of ``bins + 1`` entries."""
+    counts, total = global_histogram(counts, total, world)
+    total = total.clamp(min=1)
+    per_bin = harmonizing_weights(counts, total, ema=ema, momentum=momentum, update=update)
+    return per_bin, total
+
+
 def _check_bins_momentum(bins: int, momentum: float) -> None:
     check_int_at_least("bins", bins, 1)
     check_unit_interval("momentum", momentum, closed_right=False)
@@ -235,6 +258,7 @@ def ghm_c_forward(
     momentum: float = 0.0,
     update: bool = False,
     sync: bool | None = False,
+    backend: str = "auto",
 ) -> Tensor:
     """GHM-C with optional EMA state (``ema``, modified in place when ``update``): the one
     implementation behind :func:`ghm_c_loss` (stateless) and :class:`focalkit.GHMCLoss`."""
@@ -245,28 +269,68 @@ def ghm_c_forward(
     parsed = parse_sigmoid_targets(logits, targets, ignore_index, None)
     keep = _keep_mask(valid, logits.shape, None)
     world = distributed.sync_world_size(sync)
+    use_triton = resolve_backend(backend, logits) == "triton"
     out_dtype = output_dtype(logits)
     cdtype = compute_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
-        y, parsed_keep = parsed.to_dense(logits.shape, cdtype)
-        if parsed_keep is not None:
-            keep = parsed_keep if keep is None else keep & parsed_keep
-        x = logits.to(cdtype).reshape(-1)
-        y = y.reshape(-1)
-        keep = None if keep is None else keep.reshape(-1)
-        with torch.no_grad():
-            index, counts = _bin_pass(x.detach(), y, keep, bins)
-            counts, n_valid = global_histogram(counts, counts.sum(), world)
-            n_valid = n_valid.clamp(min=1)
-            per_bin = harmonizing_weights(
-                counts, n_valid, ema=ema, momentum=momentum, update=update
-            ).to(cdtype)
-        loss = _WeightedBCE.apply(x, y, index, per_bin, reduction != "none")
+        if use_triton:
+            loss, n_valid = _ghm_c_triton(
+                logits, parsed, keep, bins, ignore_index, reduction, world, ema, momentum, update
+            )
+        else:
+            y, parsed_keep = parsed.to_dense(logits.shape, cdtype)
+            if parsed_keep is not None:
+                keep = parsed_keep if keep is None else keep & parsed_keep
+            x = logits.to(cdtype).reshape(-1)
+            y = y.reshape(-1)
+            keep = None if keep is None else keep.reshape(-1)
+            with torch.no_grad():
+                index, counts = _bin_pass(x.detach(), y, keep, bins)
+                per_bin, n_valid = _harmonize(counts, counts.sum(), world, ema, momentum, update)
+            loss = _WeightedBCE.apply(x, y, index, per_bin.to(cdtype), reduction != "none")
         if reduction == "none":
             loss = loss.reshape(logits.shape)
         else:
             loss = finish(loss, reduction, denominator=n_valid / world)
     return loss.to(out_dtype)
+
+
+def _ghm_c_triton(
+    logits: Tensor,
+    parsed: SigmoidTargets,
+    keep: Tensor | None,
+    bins: int,
+    ignore_index: int,
+    reduction: str,
+    world: int,
+    ema: Tensor | None,
+    momentum: float,
+    update: bool,
+) -> tuple[Tensor, Tensor]:
+    """The weighted BCE (float32: summed, or the logits' shape) and ``N_valid`` on the Triton
+    kernels. Class-index targets stay labels (rows with ``ignore_index`` dropped in the
+    kernel); integer dense targets bring their mask."""
+    from ..kernels.triton_ghm import ghm_c_histogram, ghm_c_inputs, triton_ghm_c
+
+    if parsed.is_index:
+        target = parsed.labels
+    else:
+        target = parsed.dense
+        if parsed.dense_valid is not None:
+            keep = parsed.dense_valid if keep is None else keep & parsed.dense_valid
+    inp = ghm_c_inputs(
+        logits,
+        target,
+        keep,
+        index_form=parsed.is_index,
+        ignore_index=ignore_index,
+        bins=bins,
+        reduce_sum=reduction != "none",
+    )
+    with torch.no_grad():
+        counts = ghm_c_histogram(inp)
+        per_bin, n_valid = _harmonize(counts, counts.sum(), world, ema, momentum, update)
+    return triton_ghm_c(logits, inp, per_bin), n_valid
 
 
 def ghm_c_loss(
@@ -277,6 +341,7 @@ def ghm_c_loss(
     valid: Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    backend: str = "auto",
 ) -> Tensor:
     r"""GHM-C loss: binary cross-entropy re-weighted by the inverse gradient density.
 
@@ -308,6 +373,11 @@ def ghm_c_loss(
         reduction: ``"mean"`` (the GHM-C loss above, ``N_valid`` clamped to >= 1, so an
             all-ignored batch gives 0 with zero gradient), ``"sum"`` (``sum_i w_i BCE_i``) or
             ``"none"`` (``w_i BCE_i``, the logits' shape).
+        backend: ``"auto"`` (default: the Triton kernels for float32/float16/bfloat16 CUDA
+            tensors when triton is importable, else torch), ``"torch"`` or ``"triton"``
+            (``ValueError`` where it cannot run, e.g. float64 or a CPU tensor). The Triton path
+            builds the histogram in a kernel and needs no host sync; it takes every option.
+            See :mod:`focalkit.kernels.dispatch`.
 
     Reference:
         Li, Liu, Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019,
@@ -329,6 +399,7 @@ def ghm_c_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         sync=False,
+        backend=backend,
     )
 
 
@@ -348,6 +419,7 @@ def ghm_r_forward(
     momentum: float = 0.0,
     update: bool = False,
     sync: bool | None = False,
+    backend: str = "auto",
 ) -> Tensor:
     """GHM-R with optional EMA state: the implementation behind :func:`ghm_r_loss` and
     :class:`focalkit.GHMRLoss`."""
@@ -359,32 +431,63 @@ def ghm_r_forward(
     if weight is not None:
         check_tensor("weight", weight)
         check_broadcastable_to("weight", weight, pred.shape)
-        weight = weight.expand(pred.shape)
     world = distributed.sync_world_size(sync)
+    use_triton = resolve_backend(backend, pred) == "triton"
     out_dtype = output_dtype(pred)
     cdtype = compute_dtype(pred)
     with torch.autocast(pred.device.type, enabled=False):
-        d = pred.to(cdtype) - target.to(cdtype)
-        mu2 = float(mu) * float(mu)
-        root = torch.sqrt(d * d + mu2)
-        asl1 = d * d / (root + mu)  # = sqrt(d^2 + mu^2) - mu, without cancellation
-        with torch.no_grad():
-            g = d.detach().abs() / root.detach()  # in [0, 1); rounds to 1 -> last bin
-            keep = None if weight is None else weight > 0
-            index = bin_index(g, bins, keep)
-            counts = bin_counts(index, bins)
-            if weight is None:
-                total = torch.full((), float(pred.numel()), dtype=torch.float64, device=d.device)
-            else:
-                total = weight.sum(dtype=torch.float64)
-            counts, total = global_histogram(counts, total, world)
-            total = total.clamp(min=1)
-            per_bin = harmonizing_weights(counts, total, ema=ema, momentum=momentum, update=update)
-            w = per_bin.to(cdtype).take(index)
-            if weight is not None:
-                w = w * weight.to(cdtype)
-        loss = finish((asl1 * w).sum(), "mean", denominator=total / world)
+        if use_triton:
+            total_loss, total = _ghm_r_triton(
+                pred, target, weight, mu, bins, world, ema, momentum, update
+            )
+        else:
+            weight = None if weight is None else weight.expand(pred.shape)
+            d = pred.to(cdtype) - target.to(cdtype)
+            mu2 = float(mu) * float(mu)
+            root = torch.sqrt(d * d + mu2)
+            asl1 = d * d / (root + mu)  # = sqrt(d^2 + mu^2) - mu, without cancellation
+            with torch.no_grad():
+                g = d.detach().abs() / root.detach()  # in [0, 1); rounds to 1 -> last bin
+                keep = None if weight is None else weight > 0
+                index = bin_index(g, bins, keep)
+                counts = bin_counts(index, bins)
+                if weight is None:
+                    total = _numel_total(pred)
+                else:
+                    total = weight.sum(dtype=torch.float64)
+                per_bin, total = _harmonize(counts, total, world, ema, momentum, update)
+                w = per_bin.to(cdtype).take(index)
+                if weight is not None:
+                    w = w * weight.to(cdtype)
+            total_loss = (asl1 * w).sum()
+        loss = finish(total_loss, "mean", denominator=total / world)
     return loss.to(out_dtype)
+
+
+def _numel_total(pred: Tensor) -> Tensor:
+    return torch.full((), float(pred.numel()), dtype=torch.float64, device=pred.device)
+
+
+def _ghm_r_triton(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    mu: float,
+    bins: int,
+    world: int,
+    ema: Tensor | None,
+    momentum: float,
+    update: bool,
+) -> tuple[Tensor, Tensor]:
+    """The summed, weighted ASL1 (float32) and ``N`` on the Triton kernels."""
+    from ..kernels.triton_ghm import ghm_r_histogram, ghm_r_inputs, triton_ghm_r
+
+    inp = ghm_r_inputs(pred, target, weight, mu=mu, bins=bins)
+    with torch.no_grad():
+        counts, weight_sum = ghm_r_histogram(inp)
+        total = _numel_total(pred) if weight_sum is None else weight_sum
+        per_bin, total = _harmonize(counts, total, world, ema, momentum, update)
+    return triton_ghm_r(pred, target, inp, per_bin), total
 
 
 def ghm_r_loss(
@@ -394,6 +497,7 @@ def ghm_r_loss(
     mu: float = 0.02,
     bins: int = 10,
     weight: Tensor | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     r"""GHM-R loss: the authentic smooth-L1 (ASL1) re-weighted by the inverse gradient density.
 
@@ -421,6 +525,9 @@ def ghm_r_loss(
         mu: ASL1 smoothness ``> 0`` (default 0.02, the authors' setting).
         bins: number of bins ``M >= 1`` (default 10).
         weight: optional label weights broadcastable to ``pred``'s shape.
+        backend: ``"auto"`` (default: the Triton kernels for float32/float16/bfloat16 CUDA
+            tensors when triton is importable, else torch), ``"torch"`` or ``"triton"``
+            (``ValueError`` where it cannot run). Every option runs on both.
 
     Returns:
         A scalar.
@@ -434,4 +541,4 @@ def ghm_r_loss(
         >>> fk.ghm_r_loss(d, torch.zeros(5), mu=0.02, bins=10)
         tensor(0.0780)
     """
-    return ghm_r_forward(pred, target, mu=mu, bins=bins, weight=weight, sync=False)
+    return ghm_r_forward(pred, target, mu=mu, bins=bins, weight=weight, sync=False, backend=backend)

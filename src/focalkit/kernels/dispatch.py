@@ -16,9 +16,12 @@ triton             ``triton`` is importable
 device             the tensor is on CUDA, or on CPU with ``TRITON_INTERPRET=1`` set (Triton's
                    interpreter: slow, meant for the CPU tests, never picked on CPU otherwise)
 dtype              float32, float16 or bfloat16 (float64 -- gradcheck, references -- is torch)
-features           the caller supports the requested options; for ``sigmoid_focal_loss`` the
-                   kernel does not take ``weight=`` (elementwise weight), ``gamma="flsd53"`` or
-                   a tensor gamma (``gamma="auto"`` in the Module): those run on torch
+features           the kernel supports the requested options. On torch only:
+                   ``sigmoid_focal_loss``: ``weight=`` (elementwise), ``gamma="flsd53"``, a
+                   tensor gamma (``gamma="auto"`` in the Module); ``softmax_focal_loss``:
+                   probability targets, ``label_smoothing > 0``, ``gamma="flsd53"``/tensor
+                   gamma; IoU family: ``target_boxes`` that require grad (the kernel
+                   differentiates ``pred_boxes`` only); GHM-C/GHM-R: none
 =================  ===========================================================================
 """
 
@@ -32,10 +35,23 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["BACKENDS", "TRITON_DTYPES", "TRITON_RULES", "resolve_backend", "triton_available"]
+__all__ = [
+    "BACKENDS",
+    "TRITON_DTYPES",
+    "TRITON_RULES",
+    "check_backend",
+    "resolve_backend",
+    "triton_available",
+]
 
 BACKENDS = ("auto", "torch", "triton")
 TRITON_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
+
+
+def check_backend(backend: str) -> None:
+    """ValueError unless ``backend`` is one of :data:`BACKENDS` (Modules check at construction)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
 
 
 def triton_available() -> bool:
@@ -112,8 +128,7 @@ def resolve_backend(
     Raises:
         ValueError: unknown ``backend``, or ``"triton"`` forced where a rule fails.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if backend == "torch":
         return "torch"
     call = _Call(tensor, dtype_ok, unsupported)

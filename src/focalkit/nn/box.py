@@ -22,6 +22,7 @@ from ..functional.box import (
     giou_loss,
     iou_loss,
 )
+from ..kernels.dispatch import check_backend
 
 __all__ = [
     "CIoULoss",
@@ -35,8 +36,8 @@ __all__ = [
 
 
 class _BoxLoss(nn.Module):
-    """Stores ``box_format``, ``eps``, ``reduction``, ``normalizer``, ``validate`` (checked
-    once here) plus the loss's own keywords in ``self.options``."""
+    """Stores ``box_format``, ``eps``, ``reduction``, ``normalizer``, ``validate``,
+    ``backend`` (checked once here) plus the loss's own keywords in ``self.options``."""
 
     _fn: Callable[..., Tensor]
 
@@ -48,6 +49,7 @@ class _BoxLoss(nn.Module):
         reduction: str = "mean",
         normalizer: float | Tensor | None = None,
         validate: bool = False,
+        backend: str = "auto",
         **options,
     ) -> None:
         super().__init__()
@@ -56,11 +58,13 @@ class _BoxLoss(nn.Module):
         check_positive("eps", eps)
         check_reduction(reduction)
         check_normalizer(normalizer, reduction)
+        check_backend(backend)
         self.box_format = box_format
         self.eps = eps
         self.reduction = reduction
         self.normalizer = normalizer
         self.validate = validate
+        self.backend = backend
         self.options = options
 
     def forward(
@@ -80,12 +84,16 @@ class _BoxLoss(nn.Module):
             reduction=self.reduction,
             normalizer=self.normalizer if normalizer is None else normalizer,
             validate=self.validate,
+            backend=self.backend,
             **self.options,
         )
 
     def extra_repr(self) -> str:
         opts = "".join(f"{k}={v!r}, " for k, v in self.options.items())
-        return f"{opts}box_format={self.box_format!r}, eps={self.eps}, reduction={self.reduction!r}"
+        return (
+            f"{opts}box_format={self.box_format!r}, eps={self.eps}, "
+            f"reduction={self.reduction!r}, backend={self.backend!r}"
+        )
 
 
 class IoULoss(_BoxLoss):

@@ -15,6 +15,7 @@ from ..functional.focal import (
     sigmoid_focal_loss,
     softmax_focal_loss,
 )
+from ..kernels.dispatch import check_backend
 
 __all__ = ["SigmoidFocalLoss", "SoftmaxFocalLoss"]
 
@@ -94,6 +95,7 @@ class SigmoidFocalLoss(_FocalLossBase):
         backend: str = "auto",
     ) -> None:
         super().__init__(gamma, auto_momentum)
+        check_backend(backend)
         self.backend = backend
         self.alpha = alpha
         self.weight = weight
@@ -160,6 +162,7 @@ class SoftmaxFocalLoss(_FocalLossBase):
         backend: str = "auto",
     ) -> None:
         super().__init__(gamma, auto_momentum)
+        check_backend(backend)
         self.backend = backend
         self.alpha = alpha
         self.ignore_index = ignore_index

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .._checks import check_positive, check_reduction
 from ..functional.ghm import _check_bins_momentum, ghm_c_forward, ghm_r_forward
+from ..kernels.dispatch import check_backend
 
 __all__ = ["GHMCLoss", "GHMRLoss"]
 
@@ -29,14 +30,16 @@ __all__ = ["GHMCLoss", "GHMRLoss"]
 class _GHMBase(nn.Module):
     bin_count_ema: Tensor
 
-    def __init__(self, bins: int, momentum: float, sync: bool | None) -> None:
+    def __init__(self, bins: int, momentum: float, sync: bool | None, backend: str) -> None:
         super().__init__()
         _check_bins_momentum(bins, momentum)
         if sync not in (None, True, False):
             raise ValueError(f"sync: expected None, True or False, got {sync!r}")
+        check_backend(backend)
         self.bins = bins
         self.momentum = float(momentum)
         self.sync = sync
+        self.backend = backend
         self.register_buffer("bin_count_ema", torch.zeros(bins, dtype=torch.float64))
 
     def _apply(self, fn, recurse=True):
@@ -53,6 +56,7 @@ class _GHMBase(nn.Module):
             "momentum": self.momentum,
             "update": self.training,
             "sync": self.sync,
+            "backend": self.backend,
         }
 
 
@@ -62,7 +66,9 @@ class GHMCLoss(_GHMBase):
     value; paper setting ``bins=30, momentum=0.75``).
 
     ``forward(logits, targets, valid=None)`` takes the target forms of
-    :func:`focalkit.ghm_c_loss`. ``ignore_index`` and ``reduction`` are the function's.
+    :func:`focalkit.ghm_c_loss`. ``ignore_index``, ``reduction`` and ``backend`` are the
+    function's (``backend="auto"``: the Triton kernels for float32/float16/bfloat16 CUDA
+    tensors when triton is importable, else torch; the EMA and ``sync`` work on both).
 
     Across ranks (``sync`` on, world size ``W``, a batch split between the ranks): the counts
     and ``N_valid`` are global, so every element gets the weight it would get in one process
@@ -90,8 +96,9 @@ class GHMCLoss(_GHMBase):
         *,
         ignore_index: int = -100,
         reduction: str = "mean",
+        backend: str = "auto",
     ) -> None:
-        super().__init__(bins, momentum, sync)
+        super().__init__(bins, momentum, sync, backend)
         check_reduction(reduction)
         self.ignore_index = ignore_index
         self.reduction = reduction
@@ -110,7 +117,7 @@ class GHMCLoss(_GHMBase):
     def extra_repr(self) -> str:
         return (
             f"bins={self.bins}, momentum={self.momentum}, sync={self.sync}, "
-            f"reduction={self.reduction!r}"
+            f"reduction={self.reduction!r}, backend={self.backend!r}"
         )
 
 
@@ -118,7 +125,9 @@ class GHMRLoss(_GHMBase):
     """Module form of :func:`focalkit.ghm_r_loss` with the EMA of the bin counts (authors'
     setting ``mu=0.02, bins=10, momentum=0.7``, used with loss weight 10).
 
-    ``forward(pred, target, weight=None)``. With ``sync`` on, the counts and ``N`` (the sum of
+    ``forward(pred, target, weight=None)``. ``backend`` is :func:`focalkit.ghm_r_loss`'s
+    (``"auto"``: Triton for float32/float16/bfloat16 CUDA tensors when triton is importable,
+    else torch). With ``sync`` on, the counts and ``N`` (the sum of
     the label weights) are global and the loss is divided by ``N / W``: as for
     :class:`GHMCLoss`, the mean of the ranks' losses is the single-process loss and
     DDP-averaged gradients equal the single-process ones.
@@ -137,9 +146,11 @@ class GHMRLoss(_GHMBase):
         bins: int = 10,
         momentum: float = 0.7,
         sync: bool | None = None,
+        *,
+        backend: str = "auto",
     ) -> None:
         check_positive("mu", mu)
-        super().__init__(bins, momentum, sync)
+        super().__init__(bins, momentum, sync, backend)
         self.mu = float(mu)
 
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -148,4 +159,7 @@ class GHMRLoss(_GHMBase):
         )
 
     def extra_repr(self) -> str:
-        return f"mu={self.mu}, bins={self.bins}, momentum={self.momentum}, sync={self.sync}"
+        return (
+            f"mu={self.mu}, bins={self.bins}, momentum={self.momentum}, sync={self.sync}, "
+            f"backend={self.backend!r}"
+        )
