@@ -46,9 +46,10 @@ __all__ = [
 Gamma = float | str | Tensor
 Alpha = float | Sequence[float] | Tensor | None
 
-# Elements per chunk on the eager CPU path: small enough that the ~10 temporaries of one chunk
-# stay in cache, large enough that each op still splits across threads. Measured by
-# benchmarks/bench_cpu.py; torch.compile and accelerators process the tensor in one piece.
+# Elements per chunk on the eager CPU path: the five scratch buffers of one chunk (1 MiB each
+# in float32) stay in the last-level cache, and each op still splits across threads; 2**17
+# measured slower and 2**19 no faster (benchmarks/bench_focal_cpu.py). torch.compile and
+# accelerators process the tensor in one piece.
 CHUNK_ELEMENTS = 1 << 18
 FLSD_THRESHOLD = 0.2  # Mukhoti et al.: gamma = 5 if p_t < 0.2 else 3
 _TINY = 1e-30
