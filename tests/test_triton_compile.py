@@ -25,10 +25,15 @@ runs) with the specialisation a CUDA launch would give it:
   shape / layout, huge) is in some case, and the options with many values (softmax ``C`` ->
   ``BLOCK``, GHM ``bins`` -> ``NB`` / ``ATOMIC``) take each value once. So every constexpr
   value is compiled at least once; ``test_cases_cover_every_constexpr_value`` checks the
-  recorded values against :data:`CONSTEXPRS` (every value a wrapper can produce).
+  recorded values against :data:`CONSTEXPRS` (every value a wrapper can produce). The one
+  open-ended constexpr, ``NUM_CLASSES`` (sigmoid, GHM-C: the class count ``C`` where the kernel
+  divides by it, else 1), takes the cases' values (1, 7 and 8: no division, a multiply-high, a
+  shift), and each launch's is checked against the one its case implies (:func:`_num_classes`).
 * **Asserted:** the cubin exists and ptxas ``-v`` reports no spill stores or loads (its log,
   printed under ``TRITON_DUMP_PTXAS_LOG=1``; without a GPU the ``CompiledKernel`` has no
-  ``n_spills``). Each case compiles into its own empty ``TRITON_CACHE_DIR``.
+  ``n_spills``); the PTX of the :data:`NO_DIV64` kernels has no 64-bit ``div`` / ``rem`` (an
+  emulated division per element, which a runtime ``C`` costs). Each case compiles into its own
+  empty ``TRITON_CACHE_DIR``.
 
 The binder calls are Triton 3.9 internals: without them, or without triton's bundled ptxas,
 the module is skipped.
@@ -85,11 +90,14 @@ HUGE = {
 }
 MODULES = ("triton_sigmoid_focal", "triton_softmax_focal", "triton_ghm", "triton_box")
 
-# every value of every constexpr that the wrappers can pass (on a CUDA device)
+# every value of every constexpr that the wrappers can pass (on a CUDA device); CLASS_COUNT:
+# the cases' class counts where the kernel divides by them, else 1 (see _num_classes)
+CLASS_COUNT = "C"
 _B = (False, True)
 _NB = tuple(2**k for k in range(5, 13))  # max(32, next_power_of_2(bins + 1)) <= 4096
 CONSTEXPRS = {
     "_sigmoid_focal_kernel": {
+        "NUM_CLASSES": CLASS_COUNT,
         "INDEX": _B,
         "HAS_VALID": _B,
         "ALPHA_MODE": (0, 1, 2),
@@ -106,6 +114,7 @@ CONSTEXPRS = {
         "BLOCK": tuple(2**k for k in range(13)),  # min(4096, next_power_of_2(C))
     },
     "_ghm_c_hist_kernel": {
+        "NUM_CLASSES": CLASS_COUNT,
         "INDEX": _B,
         "HAS_KEEP": _B,
         "EXACT_EXP": (True,),
@@ -114,6 +123,7 @@ CONSTEXPRS = {
         "BLOCK": (1024,),
     },
     "_ghm_c_loss_kernel": {
+        "NUM_CLASSES": CLASS_COUNT,
         "INDEX": _B,
         "HAS_KEEP": _B,
         "EXACT_EXP": (True,),
@@ -126,6 +136,8 @@ CONSTEXPRS = {
     "_box_kernel": {"KIND": tuple(range(7)), "NEED_GRAD": _B, "BLOCK": (256,)},
     "_atan_kernel": {"BLOCK": (1024,)},
 }
+# kernels whose PTX must not divide in 64 bits (C is the constexpr NUM_CLASSES)
+NO_DIV64 = ("_sigmoid_focal_kernel", "_ghm_c_hist_kernel", "_ghm_c_loss_kernel")
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,6 +255,13 @@ def _case_id(family: str, case: dict) -> str:
 def _shape(case: dict) -> tuple[int, int]:
     rows, cols = (13, 7) if case["shape"] == "huge" else case["shape"].split("x")
     return int(rows), int(cols)
+
+
+def _num_classes(case: dict) -> int:
+    """The ``NUM_CLASSES`` a sigmoid or GHM-C case must launch with: its class count where
+    the kernel divides by it (class-index targets, per-class alpha), else 1."""
+    divides = case["targets"] == "index" or case.get("alpha") == "alpha_c"
+    return _shape(case)[1] if divides else 1
 
 
 def _logits(case: dict, shape) -> torch.Tensor:
@@ -442,11 +461,13 @@ def _specialise(launch: tuple, huge: bool):
 
 PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 PTXAS_REGS = re.compile(r"Used (\d+) registers")
+PTX_DIV64 = re.compile(r"\b(?:div|rem)\.[su]64\b")
 
 
 def _compile_case(family: str, case: dict, cache_dir: str) -> list[dict]:
     """Compile each launch of ``case`` into the empty ``cache_dir``: per launch its kernel,
-    signature, error (or None), cubin size, whether the PTX has its entry, registers, spills."""
+    signature, error (or None), cubin size, whether the PTX has its entry, registers, spills
+    and its number of 64-bit div / rem instructions."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -470,6 +491,7 @@ def _compile_case(family: str, case: dict, cache_dir: str) -> list[dict]:
             cubin=len(compiled.asm["cubin"]),
             entry=f".entry {launch[0]}(" in compiled.asm["ptx"],
             regs=None if regs is None else int(regs.group(1)),
+            div64=len(PTX_DIV64.findall(compiled.asm["ptx"])),
             spills=[[int(s), int(ld)] for s, ld in PTXAS_SPILLS.findall(log.getvalue())],
         )
         results.append(result)
@@ -478,14 +500,19 @@ def _compile_case(family: str, case: dict, cache_dir: str) -> list[dict]:
 
 def _cover() -> dict:
     """Per kernel over every case: the constexpr values, the types of its first pointer and
-    its last HUGE size, and the launch options every launch passes."""
+    its last HUGE size, the launch options every launch passes and the pairs (the case's
+    :func:`_num_classes`, the ``NUM_CLASSES`` passed)."""
     seen: dict[str, dict] = {}
     for family, cases in CASES.items():
         for case in cases:
             for launch in _record(family, case):
                 name, kernel = launch[0], launch[1]
                 src, _ = _specialise(launch, "huge" in case.values())
-                entry = seen.setdefault(name, {"constexprs": {}, "types": set(), "options": None})
+                entry = seen.setdefault(
+                    name, {"constexprs": {}, "types": set(), "options": None, "num_classes": set()}
+                )
+                if "NUM_CLASSES" in launch[3]:
+                    entry["num_classes"].add((_num_classes(case), launch[3]["NUM_CLASSES"]))
                 for (k,), value in src.constants.items():
                     if kernel.params[k].is_constexpr:
                         entry["constexprs"].setdefault(kernel.params[k].name, set()).add(value)
@@ -502,6 +529,7 @@ def _cover() -> dict:
             "constexprs": {k: sorted(v) for k, v in entry["constexprs"].items()},
             "types": sorted(entry["types"]),
             "options": sorted(entry["options"]),
+            "num_classes": sorted(entry["num_classes"]),
         }
         for name, entry in seen.items()
     }
@@ -606,6 +634,8 @@ def test_compiles_for_sm90_without_spills(family, case, child, tmp_path):
         assert r["cubin"] > 0 and r["entry"], what
         assert r["spills"] and r["regs"], f"{what}: no ptxas -v report"
         assert all(s == [0, 0] for s in r["spills"]), f"{what} spills: {r['spills']}"
+        if r["kernel"] in NO_DIV64:
+            assert r["div64"] == 0, f"{what}: {r['div64']} 64-bit div / rem in its PTX"
 
 
 def test_every_kernel_is_listed(child):
@@ -615,11 +645,20 @@ def test_every_kernel_is_listed(child):
 
 def test_cases_cover_every_constexpr_value(child):
     """The cases reach every constexpr value of CONSTEXPRS (and nothing else), each kernel
-    with i32 and i64 sizes and float32 and bfloat16 inputs."""
+    with i32 and i64 sizes and float32 and bfloat16 inputs; each launch's NUM_CLASSES is its
+    case's, and they include 1, a power of two and a class count that is not one."""
     coverage = child.coverage
     assert set(coverage) == set(CONSTEXPRS)
     for name, expected in CONSTEXPRS.items():
-        assert coverage[name]["constexprs"] == {k: list(v) for k, v in expected.items()}, name
+        pairs = coverage[name]["num_classes"]
+        assert all(want == got for want, got in pairs), f"{name} (expected, passed): {pairs}"
+        classes = sorted({got for _, got in pairs})
+        if "NUM_CLASSES" in expected:
+            assert 1 in classes, name
+            assert any(c > 1 and c & (c - 1) == 0 for c in classes), name
+            assert any(c & (c - 1) for c in classes), name
+        expected = {k: classes if v == CLASS_COUNT else list(v) for k, v in expected.items()}
+        assert coverage[name]["constexprs"] == expected, name
         assert {"i32", "i64", "*fp32", "*bf16"} <= set(coverage[name]["types"]), name
 
 

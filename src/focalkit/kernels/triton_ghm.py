@@ -34,6 +34,11 @@ through its mask, class indices with ``C`` = background read per row without a o
 ``valid``, every reduction, any ``bins >= 1``; GHM-R ``mu`` and ``weight`` (read per element or
 per row when it broadcasts over the last dimension). float64 runs on torch (see
 :mod:`focalkit.kernels.dispatch`).
+
+GHM-C's ``C`` is the constexpr ``NUM_CLASSES``, so the index form divides the int64 offsets by
+a constant (multiply-high and shifts) instead of calling the emulated 64-bit ``div`` / ``rem``:
+it compiles once per distinct ``C`` (one in a training run; the compiled kernels are cached).
+The dense forms never divide and pass ``NUM_CLASSES=1``: one compile whatever ``C``.
 """
 
 from __future__ import annotations
@@ -119,8 +124,8 @@ def _c_tile(
     keep_ptr,
     offs,
     mask,
-    num_classes,
     ignore_index,
+    NUM_CLASSES: tl.constexpr,
     INDEX: tl.constexpr,
     HAS_KEEP: tl.constexpr,
     EXACT_EXP: tl.constexpr,
@@ -129,9 +134,10 @@ def _c_tile(
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     keep = mask
     if INDEX:
-        label = tl.load(y_ptr + offs // num_classes, mask=mask, other=ignore_index)
+        # by a constant: multiply-high and shifts, no 64-bit division
+        label = tl.load(y_ptr + offs // NUM_CLASSES, mask=mask, other=ignore_index)
         keep = keep & (label != ignore_index)
-        y = (label == offs % num_classes).to(tl.float32)
+        y = (label == offs % NUM_CLASSES).to(tl.float32)
     else:
         y = tl.load(y_ptr + offs, mask=mask, other=0).to(tl.float32)
     if HAS_KEEP:
@@ -147,9 +153,9 @@ def _ghm_c_hist_kernel(
     keep_ptr,  # uint8 mask of the logits' shape (HAS_KEEP)
     counts_ptr,  # (bins,) int64, zeroed
     n,
-    num_classes,
     ignore_index,
     bins,
+    NUM_CLASSES: tl.constexpr,  # C in the index form, else 1
     INDEX: tl.constexpr,
     HAS_KEEP: tl.constexpr,
     EXACT_EXP: tl.constexpr,
@@ -168,8 +174,8 @@ def _ghm_c_hist_kernel(
             keep_ptr,
             offs,
             mask,
-            num_classes,
             ignore_index,
+            NUM_CLASSES,
             INDEX,
             HAS_KEEP,
             EXACT_EXP,
@@ -188,9 +194,9 @@ def _ghm_c_loss_kernel(
     loss_ptr,  # REDUCE: (num_programs,) partial sums; else (n,) elementwise
     grad_ptr,  # (n,) float32 (NEED_GRAD)
     n,
-    num_classes,
     ignore_index,
     bins,
+    NUM_CLASSES: tl.constexpr,  # C in the index form, else 1
     INDEX: tl.constexpr,
     HAS_KEEP: tl.constexpr,
     EXACT_EXP: tl.constexpr,
@@ -202,7 +208,7 @@ def _ghm_c_loss_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < n
     x, y, p, keep = _c_tile(
-        x_ptr, y_ptr, keep_ptr, offs, mask, num_classes, ignore_index, INDEX, HAS_KEEP, EXACT_EXP
+        x_ptr, y_ptr, keep_ptr, offs, mask, ignore_index, NUM_CLASSES, INDEX, HAS_KEEP, EXACT_EXP
     )
     b = _bin(tl.abs(p - y), keep, bins)
     w = tl.load(per_bin_ptr + b, mask=mask, other=0.0)
@@ -222,7 +228,7 @@ class GHMCInputs(NamedTuple):
     x: Tensor  # logits, detached
     y: Tensor  # dense targets, or int64 labels per row (index form)
     keep: Tensor | None  # uint8 mask of the logits' shape
-    num_classes: int
+    num_classes: int  # NUM_CLASSES: C in the index form, else 1 (the dense forms ignore it)
     ignore_index: int
     index_form: bool
     bins: int
@@ -247,7 +253,8 @@ def ghm_c_inputs(
     """``target``: the dense targets of the logits' shape, or the labels ``logits.shape[:-1]``
     (index form; ``ignore_index`` rows are dropped in the kernel); ``keep``: None or a bool
     mask broadcastable to the logits' shape."""
-    num_classes = logits.shape[-1] if logits.dim() else 1
+    # the class count only where the kernels divide by it: one compile per C there, else one
+    num_classes = logits.shape[-1] if index_form and logits.dim() else 1
     if keep is not None:
         keep = _flat(keep.expand(logits.shape))
     return GHMCInputs(
@@ -283,9 +290,9 @@ def ghm_c_histogram(inp: GHMCInputs) -> Tensor:
             inp.x if inp.keep is None else inp.keep,  # unused placeholder keeps one signature
             counts,
             n,
-            inp.num_classes,
             inp.ignore_index,
             inp.bins,
+            NUM_CLASSES=inp.num_classes,
             INDEX=inp.index_form,
             HAS_KEEP=inp.keep is not None,
             EXACT_EXP=inp.x.is_cuda,
@@ -311,9 +318,9 @@ def _ghm_c_launch(inp: GHMCInputs, per_bin: Tensor, need_grad: bool) -> tuple[Te
             loss,
             inp.x if grad is None else grad,
             n,
-            inp.num_classes,
             inp.ignore_index,
             inp.bins,
+            NUM_CLASSES=inp.num_classes,
             INDEX=inp.index_form,
             HAS_KEEP=inp.keep is not None,
             EXACT_EXP=inp.x.is_cuda,

@@ -13,6 +13,12 @@ sync), scalar float ``gamma >= 0``. ``reduction="none"`` writes the elementwise 
 otherwise each program writes one partial sum, summed on the device (no host sync).
 Everything else (``weight=``, ``gamma="flsd53"``, tensor gamma, float64) runs on torch: see
 :mod:`focalkit.kernels.dispatch`.
+
+``C`` is the constexpr ``NUM_CLASSES``, so the compiler divides the int64 offsets by a constant
+(multiply-high and shifts) instead of calling the emulated 64-bit ``div`` / ``rem``. So the
+class-index and per-class-alpha forms compile once per distinct ``C`` (one in a training run;
+compiled kernels are cached); the dense forms without per-class alpha never divide and are
+launched with ``NUM_CLASSES=1``: one compile whatever ``C``.
 """
 
 from __future__ import annotations
@@ -41,9 +47,9 @@ def _sigmoid_focal_kernel(
     loss_ptr,  # REDUCE: (num_programs,) partial sums; else (n,) elementwise
     grad_ptr,  # (n,) float32 (NEED_GRAD)
     n,
-    num_classes,
     ignore_index,
     gamma,
+    NUM_CLASSES: tl.constexpr,  # C where INDEX or ALPHA_MODE 2 read it, else 1
     INDEX: tl.constexpr,
     HAS_VALID: tl.constexpr,
     ALPHA_MODE: tl.constexpr,
@@ -56,9 +62,9 @@ def _sigmoid_focal_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    col = offs % num_classes
+    col = offs % NUM_CLASSES  # by a constant: multiply-high and shifts, no 64-bit division
     if INDEX:
-        row = offs // num_classes
+        row = offs // NUM_CLASSES
         label = tl.load(y_ptr + row, mask=mask, other=ignore_index)
         keep = (label != ignore_index).to(tl.float32)
         y = (label == col).to(tl.float32) * keep
@@ -122,11 +128,13 @@ def _launch(
     device = logits.device
     x = logits.contiguous().view(-1)
     n = x.numel()
-    num_classes = logits.shape[-1] if logits.dim() else 1
     y = target.contiguous().view(-1)
     v = None if valid is None else valid.contiguous().view(-1).view(torch.uint8)
     alpha_mode = 0 if alpha_pos is None else (1 if alpha_pos.dim() == 0 else 2)
     alpha = None if alpha_pos is None else alpha_pos.to(torch.float32).contiguous()
+    # the class count only where the kernel divides by it: one compile per C there, else one
+    divides = spec.index_form or alpha_mode == 2
+    num_classes = logits.shape[-1] if divides and logits.dim() else 1
     grid = (triton.cdiv(n, BLOCK),)
     loss = torch.empty(grid[0] if spec.reduce_sum else n, dtype=torch.float32, device=device)
     grad = torch.empty(n, dtype=torch.float32, device=device) if need_grad else None
@@ -139,9 +147,9 @@ def _launch(
             loss,
             x if grad is None else grad,
             n,
-            num_classes,
             spec.ignore_index,
             float(spec.gamma),
+            NUM_CLASSES=num_classes,
             INDEX=spec.index_form,
             HAS_VALID=v is not None,
             ALPHA_MODE=alpha_mode,
