@@ -25,15 +25,17 @@ runs) with the specialisation a CUDA launch would give it:
   shape / layout, huge) is in some case, and the options with many values (softmax ``C`` ->
   ``BLOCK``, GHM ``bins`` -> ``NB`` / ``ATOMIC``) take each value once. So every constexpr
   value is compiled at least once; ``test_cases_cover_every_constexpr_value`` checks the
-  recorded values against :data:`CONSTEXPRS` (every value a wrapper can produce). The one
-  open-ended constexpr, ``NUM_CLASSES`` (sigmoid, GHM-C: the class count ``C`` where the kernel
-  divides by it, else 1), takes the cases' values (1, 7 and 8: no division, a multiply-high, a
-  shift), and each launch's is checked against the one its case implies (:func:`_num_classes`).
+  recorded values against :data:`CONSTEXPRS` (every value a wrapper can produce). The two
+  open-ended constexprs, ``NUM_CLASSES`` (sigmoid, GHM-C: the class count ``C`` where the
+  kernel divides by it, else 1) and ``ROW_LEN`` (GHM-R: the row length ``K`` where the kernel
+  divides by it, else 1), take the cases' values (``C`` 1, 7 and 8, ``K`` 1, 4 and 7: no
+  division, a multiply-high, a shift), and each launch's is checked against the one its case
+  implies (:data:`OPEN_CONSTEXPRS`).
 * **Asserted:** the cubin exists and ptxas ``-v`` reports no spill stores or loads (its log,
   printed under ``TRITON_DUMP_PTXAS_LOG=1``; without a GPU the ``CompiledKernel`` has no
   ``n_spills``); the PTX of the :data:`NO_DIV64` kernels has no 64-bit ``div`` / ``rem`` (an
-  emulated division per element, which a runtime ``C`` costs). Each case compiles into its own
-  empty ``TRITON_CACHE_DIR``.
+  emulated division per element, which a runtime ``C`` or ``K`` costs). Each case compiles
+  into its own empty ``TRITON_CACHE_DIR``.
 
 The binder calls are Triton 3.9 internals: without them, or without triton's bundled ptxas,
 the module is skipped.
@@ -90,9 +92,11 @@ HUGE = {
 }
 MODULES = ("triton_sigmoid_focal", "triton_softmax_focal", "triton_ghm", "triton_box")
 
-# every value of every constexpr that the wrappers can pass (on a CUDA device); CLASS_COUNT:
-# the cases' class counts where the kernel divides by them, else 1 (see _num_classes)
+# every value of every constexpr that the wrappers can pass (on a CUDA device); CLASS_COUNT,
+# ROW_LENGTH: the cases' class counts / row lengths where the kernel divides by them, else 1
+# (see OPEN_CONSTEXPRS)
 CLASS_COUNT = "C"
+ROW_LENGTH = "K"
 _B = (False, True)
 _NB = tuple(2**k for k in range(5, 13))  # max(32, next_power_of_2(bins + 1)) <= 4096
 CONSTEXPRS = {
@@ -131,13 +135,30 @@ CONSTEXPRS = {
         "NEED_GRAD": _B,
         "BLOCK": (1024,),
     },
-    "_ghm_r_hist_kernel": {"W_MODE": (0, 1, 2), "NB": _NB, "ATOMIC": _B, "BLOCK": (1024,)},
-    "_ghm_r_loss_kernel": {"W_MODE": (0, 1, 2), "NEED_GRAD": _B, "BLOCK": (1024,)},
+    "_ghm_r_hist_kernel": {
+        "ROW_LEN": ROW_LENGTH,
+        "W_MODE": (0, 1, 2),
+        "NB": _NB,
+        "ATOMIC": _B,
+        "BLOCK": (1024,),
+    },
+    "_ghm_r_loss_kernel": {
+        "ROW_LEN": ROW_LENGTH,
+        "W_MODE": (0, 1, 2),
+        "NEED_GRAD": _B,
+        "BLOCK": (1024,),
+    },
     "_box_kernel": {"KIND": tuple(range(7)), "NEED_GRAD": _B, "BLOCK": (256,)},
     "_atan_kernel": {"BLOCK": (1024,)},
 }
-# kernels whose PTX must not divide in 64 bits (C is the constexpr NUM_CLASSES)
-NO_DIV64 = ("_sigmoid_focal_kernel", "_ghm_c_hist_kernel", "_ghm_c_loss_kernel")
+# kernels whose PTX must not divide in 64 bits (C is the constexpr NUM_CLASSES, K ROW_LEN)
+NO_DIV64 = (
+    "_sigmoid_focal_kernel",
+    "_ghm_c_hist_kernel",
+    "_ghm_c_loss_kernel",
+    "_ghm_r_hist_kernel",
+    "_ghm_r_loss_kernel",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,6 +283,17 @@ def _num_classes(case: dict) -> int:
     the kernel divides by it (class-index targets, per-class alpha), else 1."""
     divides = case["targets"] == "index" or case.get("alpha") == "alpha_c"
     return _shape(case)[1] if divides else 1
+
+
+def _row_len(case: dict) -> int:
+    """The ``ROW_LEN`` a GHM-R case must launch with: its row length where the kernel divides
+    by it (a per-row weight against rows of more than one element), else 1."""
+    rows = case["weight"] == "row" and _shape(case)[1] > 1
+    return _shape(case)[1] if rows else 1
+
+
+# the open-ended constexprs: their marker in CONSTEXPRS, the value a case must launch with
+OPEN_CONSTEXPRS = {"NUM_CLASSES": (CLASS_COUNT, _num_classes), "ROW_LEN": (ROW_LENGTH, _row_len)}
 
 
 def _logits(case: dict, shape) -> torch.Tensor:
@@ -500,8 +532,8 @@ def _compile_case(family: str, case: dict, cache_dir: str) -> list[dict]:
 
 def _cover() -> dict:
     """Per kernel over every case: the constexpr values, the types of its first pointer and
-    its last HUGE size, the launch options every launch passes and the pairs (the case's
-    :func:`_num_classes`, the ``NUM_CLASSES`` passed)."""
+    its last HUGE size, the launch options every launch passes and, per open-ended constexpr
+    it is passed, the pairs (the value the case implies, the value passed)."""
     seen: dict[str, dict] = {}
     for family, cases in CASES.items():
         for case in cases:
@@ -509,10 +541,12 @@ def _cover() -> dict:
                 name, kernel = launch[0], launch[1]
                 src, _ = _specialise(launch, "huge" in case.values())
                 entry = seen.setdefault(
-                    name, {"constexprs": {}, "types": set(), "options": None, "num_classes": set()}
+                    name, {"constexprs": {}, "types": set(), "options": None, "open": {}}
                 )
-                if "NUM_CLASSES" in launch[3]:
-                    entry["num_classes"].add((_num_classes(case), launch[3]["NUM_CLASSES"]))
+                for param, (_, implied) in OPEN_CONSTEXPRS.items():
+                    if param in launch[3]:
+                        pairs = entry["open"].setdefault(param, set())
+                        pairs.add((implied(case), launch[3][param]))
                 for (k,), value in src.constants.items():
                     if kernel.params[k].is_constexpr:
                         entry["constexprs"].setdefault(kernel.params[k].name, set()).add(value)
@@ -529,7 +563,7 @@ def _cover() -> dict:
             "constexprs": {k: sorted(v) for k, v in entry["constexprs"].items()},
             "types": sorted(entry["types"]),
             "options": sorted(entry["options"]),
-            "num_classes": sorted(entry["num_classes"]),
+            "open": {k: sorted(v) for k, v in entry["open"].items()},
         }
         for name, entry in seen.items()
     }
@@ -645,19 +679,26 @@ def test_every_kernel_is_listed(child):
 
 def test_cases_cover_every_constexpr_value(child):
     """The cases reach every constexpr value of CONSTEXPRS (and nothing else), each kernel
-    with i32 and i64 sizes and float32 and bfloat16 inputs; each launch's NUM_CLASSES is its
-    case's, and they include 1, a power of two and a class count that is not one."""
+    with i32 and i64 sizes and float32 and bfloat16 inputs; each launch's NUM_CLASSES and
+    ROW_LEN is its case's, and their values include 1, a power of two and a value that is
+    not one."""
     coverage = child.coverage
     assert set(coverage) == set(CONSTEXPRS)
     for name, expected in CONSTEXPRS.items():
-        pairs = coverage[name]["num_classes"]
-        assert all(want == got for want, got in pairs), f"{name} (expected, passed): {pairs}"
-        classes = sorted({got for _, got in pairs})
-        if "NUM_CLASSES" in expected:
-            assert 1 in classes, name
-            assert any(c > 1 and c & (c - 1) == 0 for c in classes), name
-            assert any(c & (c - 1) for c in classes), name
-        expected = {k: classes if v == CLASS_COUNT else list(v) for k, v in expected.items()}
+        opened = coverage[name]["open"]
+        assert set(opened) == {
+            param for param, (marker, _) in OPEN_CONSTEXPRS.items() if expected.get(param) == marker
+        }, name
+        expected = dict(expected)
+        for param, pairs in opened.items():
+            what = f"{name} {param} (expected, passed): {pairs}"
+            assert all(want == got for want, got in pairs), what
+            values = sorted({got for _, got in pairs})
+            assert 1 in values, what
+            assert any(v > 1 and v & (v - 1) == 0 for v in values), what
+            assert any(v & (v - 1) for v in values), what
+            expected[param] = values
+        expected = {k: list(v) for k, v in expected.items()}
         assert coverage[name]["constexprs"] == expected, name
         assert {"i32", "i64", "*fp32", "*bf16"} <= set(coverage[name]["types"]), name
 

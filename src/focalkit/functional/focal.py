@@ -332,7 +332,7 @@ def _hard_chunk(
     bufs: tuple[Tensor, ...],
     drop: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor | None:
-    """:func:`_hard_terms` for one CPU chunk, written into ``scratch``, ``loss_out`` and
+    """:func:`_hard_terms` for one CPU chunk, written into ``bufs``, ``loss_out`` and
     ``grad_out`` (no allocation of the chunk's size).
 
     ``scale`` (``a`` in the formulas: ``alpha_t``, a tensor of the chunk's shape, a float or

@@ -39,6 +39,12 @@ GHM-C's ``C`` is the constexpr ``NUM_CLASSES``, so the index form divides the in
 a constant (multiply-high and shifts) instead of calling the emulated 64-bit ``div`` / ``rem``:
 it compiles once per distinct ``C`` (one in a training run; the compiled kernels are cached).
 The dense forms never divide and pass ``NUM_CLASSES=1``: one compile whatever ``C``.
+
+GHM-R's row length ``K`` (the last dimension) is the constexpr ``ROW_LEN``, so the per-row
+weight (``W_MODE`` 2) divides the int64 offsets by a constant (multiply-high and shifts)
+instead of calling the emulated 64-bit ``div``: it compiles once per distinct ``K`` (one in a
+training run; the compiled kernels are cached). No weight and the elementwise weight never
+divide and pass ``ROW_LEN=1``: one compile whatever ``K``.
 """
 
 from __future__ import annotations
@@ -377,8 +383,8 @@ def _r_tile(
     w_ptr,
     offs,
     mask,
-    row_len,
     mu2,
+    ROW_LEN: tl.constexpr,
     W_MODE: tl.constexpr,
 ):
     """d, root = sqrt(d d + mu^2) as torch computes them, the label weight (native dtype)
@@ -393,7 +399,8 @@ def _r_tile(
         wv = tl.load(w_ptr + offs, mask=mask, other=0)
         keep = keep & (wv > 0)
     if W_MODE == 2:
-        wv = tl.load(w_ptr + offs // row_len, mask=mask, other=0)
+        # by a constant: multiply-high and shifts, no 64-bit division
+        wv = tl.load(w_ptr + offs // ROW_LEN, mask=mask, other=0)
         keep = keep & (wv > 0)
     return d, root, wv, keep
 
@@ -402,13 +409,13 @@ def _r_tile(
 def _ghm_r_hist_kernel(
     p_ptr,
     t_ptr,
-    w_ptr,  # W_MODE 1: (n,) label weights; 2: one per row of row_len elements
+    w_ptr,  # W_MODE 1: (n,) label weights; 2: one per row of ROW_LEN elements
     counts_ptr,  # (bins,) int64, zeroed
     wsum_ptr,  # (num_programs,) float64 partial sums of the weights (W_MODE != 0)
     n,
-    row_len,
     mu2,
     bins,
+    ROW_LEN: tl.constexpr,  # the row length in W_MODE 2, else 1
     W_MODE: tl.constexpr,
     NB: tl.constexpr,
     ATOMIC: tl.constexpr,
@@ -420,7 +427,7 @@ def _ghm_r_hist_kernel(
     for tile in range(tl.program_id(0), (n - 1) // BLOCK + 1, tl.num_programs(0)):
         offs = tl.arange(0, BLOCK).to(tl.int64) + tile * BLOCK
         mask = offs < n
-        d, root, wv, keep = _r_tile(p_ptr, t_ptr, w_ptr, offs, mask, row_len, mu2, W_MODE)
+        d, root, wv, keep = _r_tile(p_ptr, t_ptr, w_ptr, offs, mask, mu2, ROW_LEN, W_MODE)
         b = _bin(tl.math.div_rn(tl.abs(d), root), keep, bins)
         hist = _count(b, hist, counts_ptr, mask, bins, NB, ATOMIC)
         if W_MODE != 0:
@@ -439,10 +446,10 @@ def _ghm_r_loss_kernel(
     loss_ptr,  # (num_programs,) float32 partial sums
     grad_ptr,  # (n,) float32, d loss / d pred (NEED_GRAD)
     n,
-    row_len,
     mu,
     mu2,
     bins,
+    ROW_LEN: tl.constexpr,  # the row length in W_MODE 2, else 1
     W_MODE: tl.constexpr,
     NEED_GRAD: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -450,7 +457,7 @@ def _ghm_r_loss_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < n
-    d, root, wv, keep = _r_tile(p_ptr, t_ptr, w_ptr, offs, mask, row_len, mu2, W_MODE)
+    d, root, wv, keep = _r_tile(p_ptr, t_ptr, w_ptr, offs, mask, mu2, ROW_LEN, W_MODE)
     b = _bin(tl.math.div_rn(tl.abs(d), root), keep, bins)
     w = tl.load(per_bin_ptr + b, mask=mask, other=0.0)
     if W_MODE != 0:
@@ -468,7 +475,7 @@ class GHMRInputs(NamedTuple):
     target: Tensor  # detached
     weight: Tensor | None  # (n,) or one per row of row_len elements
     weight_mode: int  # 0: none, 1: elementwise, 2: per row
-    row_len: int
+    row_len: int  # ROW_LEN: the last dimension in weight_mode 2, else 1 (the others ignore it)
     mu: float
     bins: int
 
@@ -479,13 +486,14 @@ def ghm_r_inputs(
     """``weight``: None or label weights broadcastable to ``pred``'s shape; a weight of shape
     ``(*, 1)`` against ``(*, K)`` is read once per row (no expanded copy)."""
     shape = pred.shape
-    row_len = shape[-1] if pred.dim() else 1
     mode = 0
     if weight is not None:
-        if pred.dim() and row_len > 1 and (weight.dim() == 0 or weight.shape[-1] == 1):
+        if pred.dim() and shape[-1] > 1 and (weight.dim() == 0 or weight.shape[-1] == 1):
             mode, weight = 2, _flat(weight.expand(*shape[:-1], 1))
         else:
             mode, weight = 1, _flat(weight.expand(shape))
+    # the row length only where the kernels divide by it: one compile per K there, else one
+    row_len = shape[-1] if mode == 2 else 1
     return GHMRInputs(_flat(pred), _flat(target), weight, mode, row_len, float(mu), bins)
 
 
@@ -507,9 +515,9 @@ def ghm_r_histogram(inp: GHMRInputs) -> tuple[Tensor, Tensor | None]:
             counts,
             counts if wsum is None else wsum,
             n,
-            inp.row_len,
             inp.mu * inp.mu,
             inp.bins,
+            ROW_LEN=inp.row_len,
             W_MODE=inp.weight_mode,
             BLOCK=BLOCK,
             enable_fp_fusion=False,
@@ -533,10 +541,10 @@ def _ghm_r_launch(inp: GHMRInputs, per_bin: Tensor, need_grad: bool) -> tuple[Te
             loss,
             inp.pred if grad is None else grad,
             n,
-            inp.row_len,
             inp.mu,
             inp.mu * inp.mu,
             inp.bins,
+            ROW_LEN=inp.row_len,
             W_MODE=inp.weight_mode,
             NEED_GRAD=need_grad,
             BLOCK=BLOCK,
