@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import focalkit as fk
 import focalkit.functional.focal as focal_impl
 from _focal_refs import softmax_focal_ref
+from _loss_checks import assert_autocast_float32, assert_retained_graph_backward
 
 GAMMAS = [0.0, 0.5, 1.0, 2.0, 5.0, "flsd53"]
 REDUCTIONS = ["none", "mean", "sum"]
@@ -220,19 +221,10 @@ def test_cpu_chunks_match_reference(monkeypatch, weighted, alpha_kind, gamma):
 
 @pytest.mark.parametrize("form", ["index", "probability"])
 def test_second_backward_through_retained_graph(form):
-    """backward scales the stored gradient in place; a second backward through the same
-    graph recomputes it, so both equal the reference."""
     gen = torch.Generator().manual_seed(43)
     logits, targets = _make((9, 5), form, gen)
-    x = logits.clone().requires_grad_(True)
-    loss = fk.softmax_focal_loss(x, targets, gamma=2.0, reduction="sum")
-    loss.backward(retain_graph=True)
-    first = x.grad.clone()
-    x.grad = None
-    loss.backward(torch.tensor(3.0))
-    _, exp_g = _ref_value_and_grad(logits, targets, gamma=2.0, reduction="sum")
-    _assert_close(first, exp_g, F32)
-    _assert_close(x.grad, 3 * exp_g, F32)
+    _, ref_grad = _ref_value_and_grad(logits, targets, gamma=2.0, reduction="sum")
+    assert_retained_graph_backward(fk.softmax_focal_loss, logits, targets, ref_grad, gamma=2.0)
 
 
 def test_non_contiguous_logits():
@@ -331,20 +323,7 @@ def test_autocast_bfloat16_returns_float32(form, logit_dtype):
     gen = torch.Generator().manual_seed(137)
     logits, targets = _make((6, 4), form, gen, dtype=logit_dtype)
     t32 = targets.float() if form == "prob" else targets
-    ref, ref_g = _value_and_grad(fk.softmax_focal_loss, logits.float(), t32)
-    x = logits.clone().requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = fk.softmax_focal_loss(x, targets)
-    assert loss.dtype == torch.float32
-    loss.backward()
-    assert x.grad.dtype == logit_dtype
-    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
-    tol = (
-        {"rtol": 1e-6, "atol": 1e-8}
-        if logit_dtype == torch.float32
-        else {"rtol": 1e-2, "atol": 1e-4}
-    )
-    torch.testing.assert_close(x.grad.float(), ref_g, **tol)
+    assert_autocast_float32(fk.softmax_focal_loss, logits, targets, t32)
 
 
 # ------------------------------------------------------------------------------------------
