@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._autograd import refuse_double_backward, stored_grad
 from .._checks import (
     check_alpha,
     check_broadcastable_to,
@@ -52,6 +53,7 @@ Alpha = float | Sequence[float] | Tensor | None
 # accelerators process the tensor in one piece.
 CHUNK_ELEMENTS = 1 << 18
 FLSD_THRESHOLD = 0.2  # Mukhoti et al.: gamma = 5 if p_t < 0.2 else 3
+_LOSSES = "focalkit focal losses"  # named by the double-backward error
 _TINY = 1e-30
 
 
@@ -135,16 +137,6 @@ def _modulator(q: Tensor, gamma: float | Tensor) -> Tensor | None:
         if gamma == 1:
             return q
     return q.pow(gamma)
-
-
-def _refuse_double_backward() -> None:
-    """The gradient is computed in forward, not built from differentiable ops, so a second
-    derivative would silently be zero: refuse ``create_graph=True`` instead."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "focalkit focal losses are differentiable once: their backward does not support "
-            "double backward (create_graph=True)"
-        )
 
 
 def _times(t: Tensor, factor: Tensor | None) -> Tensor:
@@ -250,6 +242,23 @@ def _is_binary(y: Tensor, out: Tensor | None = None) -> bool:
     return float(torch.addcmul(y, y, y, value=-1, out=out).abs_().sum()) == 0.0
 
 
+def _positive_terms(
+    x: Tensor, col: Tensor, gamma: _GammaPlan, alpha_pos: Tensor | None, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Loss and d loss / d x of each row's element at column ``col`` (``(R, 1)``) taken as
+    the positive (``z = -x``), with its ``alpha``."""
+    a_pos = None
+    if alpha_pos is not None:
+        a_pos = alpha_pos.expand(x.shape[-1])[col] if alpha_pos.dim() else alpha_pos
+    loss_pos, grad_z = _hard_terms(torch.neg(x.gather(-1, col)), gamma, a_pos, need_grad)
+    return loss_pos, (None if grad_z is None else grad_z.neg())
+
+
+def _put_positives(t: Tensor, col: Tensor, pos: Tensor, values: Tensor) -> Tensor:
+    """``t[r, col[r]] = values[r]`` in place where ``pos[r]``; returns ``t``."""
+    return t.scatter_(-1, col, torch.where(pos, values, t.gather(-1, col)))
+
+
 def _index_terms(
     x: Tensor,
     labels: Tensor,
@@ -267,18 +276,13 @@ def _index_terms(
 
     is_pos = (labels >= 0) & (labels < num_classes) & valid
     col = labels.clamp(0, num_classes - 1).unsqueeze(-1)
-    x_pos = x.gather(-1, col)
-    a_pos = None
-    if alpha_pos is not None:
-        a_pos = alpha_pos.expand(num_classes)[col] if alpha_pos.dim() else alpha_pos
-    loss_pos, grad_pos = _hard_terms(torch.neg(x_pos), gamma, a_pos, need_grad)
+    loss_pos, grad_pos = _positive_terms(x, col, gamma, alpha_pos, need_grad)
     pos = is_pos.unsqueeze(-1)
     row_valid = valid.unsqueeze(-1).to(x.dtype)
     # loss and grad are fresh temporaries of this chunk: update them in place
-    loss.scatter_(-1, col, torch.where(pos, loss_pos, loss.gather(-1, col))).mul_(row_valid)
+    _put_positives(loss, col, pos, loss_pos).mul_(row_valid)
     if grad is not None:
-        grad.scatter_(-1, col, torch.where(pos, grad_pos.neg(), grad.gather(-1, col)))
-        grad.mul_(row_valid)
+        _put_positives(grad, col, pos, grad_pos).mul_(row_valid)
     return loss, grad
 
 
@@ -436,15 +440,11 @@ def _index_chunk(
     col = labels.clamp(max=num_classes - 1).unsqueeze(-1)
     drop = (col, is_pos.logical_not().to(x.dtype))
     partial = _hard_chunk(x, gamma.value, scale, None, loss_out, grad_out, views.bufs, drop)
-    x_pos = x.gather(-1, col)
-    a_pos = None
-    if alpha_pos is not None:
-        a_pos = alpha_pos.expand(num_classes)[col] if alpha_pos.dim() else alpha_pos
-    loss_pos, grad_pos = _hard_terms(torch.neg(x_pos), gamma, a_pos, grad_out is not None)
+    loss_pos, grad_pos = _positive_terms(x, col, gamma, alpha_pos, grad_out is not None)
     if grad_out is not None:
-        grad_out.scatter_(-1, col, torch.where(is_pos, grad_pos.neg(), grad_out.gather(-1, col)))
+        _put_positives(grad_out, col, is_pos, grad_pos)
     if loss_out is not None:
-        loss_out.scatter_(-1, col, torch.where(is_pos, loss_pos, loss_out.gather(-1, col)))
+        _put_positives(loss_out, col, is_pos, loss_pos)
         return None
     return partial + torch.where(is_pos, loss_pos, 0).sum()
 
@@ -516,12 +516,14 @@ def _sigmoid_forward(
         else:
             ys = t2[start:stop].to(cdtype)
             views = None if scratch is None or v2 is not None else scratch(stop - start)
-            if views is not None and _is_binary(ys, views.bufs[0]):
+            scratch_t = None if views is None else views.bufs[0]
+            hard = binary or (check_binary and _is_binary(ys, scratch_t))
+            if hard and views is not None:
                 partial = _binary_chunk(xs, ys, spec.gamma.value, views, loss_out, grad_out)
                 if partial is not None:
                     total = total + partial
                 continue
-            terms = _binary_terms if (binary or (check_binary and _is_binary(ys))) else _soft_terms
+            terms = _binary_terms if hard else _soft_terms
             loss, g = terms(xs, ys, spec.gamma, alpha_pos, need_grad)
             if v2 is not None:
                 vs = v2[start:stop].to(cdtype)
@@ -563,14 +565,14 @@ class _SigmoidFocalFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        _refuse_double_backward()
+        refuse_double_backward(_LOSSES)
         logits, target, valid, weight, alpha_pos = ctx.saved_tensors
         grad_logits = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad = ctx.grad
-            ctx.grad = None
-            if grad is None:  # a second backward through a retained graph
-                _, grad = _sigmoid_forward(logits, target, valid, weight, alpha_pos, ctx.spec, True)
+            grad = stored_grad(
+                ctx,
+                lambda: _sigmoid_forward(logits, target, valid, weight, alpha_pos, ctx.spec, True)[1],
+            )
             grad_logits = grad.mul_(grad_output).to(ctx.logits_dtype)
         if ctx.needs_input_grad[3]:
             spec = ctx.spec._replace(reduce_sum=False)
@@ -749,6 +751,9 @@ def _softmax_forward(
     global_alpha = alpha if (alpha is not None and alpha.dim() == 0) else None
 
     eps = spec.label_smoothing
+    # CPU eager, class indices, no smoothing: _softmax_index_chunks, which needs no log_softmax
+    cpu_index = spec.index_form and eps == 0 and may_read_values(x)
+    logp = None if cpu_index else torch.log_softmax(x, dim=-1)
     if spec.index_form:
         valid = target != spec.ignore_index
         safe = torch.where(valid, target, 0).long().unsqueeze(-1)
@@ -758,13 +763,12 @@ def _softmax_forward(
             else class_weight.to(cdtype)[safe.squeeze(-1)]
         ) * valid
         denominator = w_y.sum()  # F.cross_entropy: mean divides by the sum of w[y]
-        if eps == 0 and may_read_values(x):
+        if cpu_index:
             loss, grad = _softmax_index_chunks(
                 x, safe, valid, per_class_scale, global_alpha, spec.gamma, need_grad
             )
             global_alpha = None  # applied per row in the chunks
         elif eps == 0:
-            logp = torch.log_softmax(x, dim=-1)
             logp_y = logp.gather(-1, safe)
             ell, G = _softmax_focal_terms(logp_y, spec.gamma)
             u = valid.unsqueeze(-1).to(cdtype)
@@ -776,13 +780,11 @@ def _softmax_forward(
                 grad = torch.exp(logp).mul_(G * u)
                 grad.scatter_add_(-1, safe, (G * u).neg())
         else:
-            logp = torch.log_softmax(x, dim=-1)
             t = torch.full_like(x, eps / num_classes)
             t.scatter_add_(-1, safe, torch.full_like(logp[:, :1], 1 - eps))
             u = t * valid.unsqueeze(-1)
             loss, grad = _per_class(logp, u, per_class_scale, spec.gamma, need_grad)
     else:
-        logp = torch.log_softmax(x, dim=-1)
         t = target.to(cdtype)
         if eps > 0:
             t = t * (1 - eps) + eps / num_classes
@@ -882,12 +884,8 @@ class _SoftmaxFocalFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, _grad_denominator):
-        _refuse_double_backward()
-        grad = ctx.grad
-        ctx.grad = None
-        if grad is None:  # a second backward through a retained graph
-            logits, target, class_weight, alpha = ctx.saved_tensors
-            _, _, grad = _softmax_forward(logits, target, class_weight, alpha, ctx.spec, True)
+        refuse_double_backward(_LOSSES)
+        grad = stored_grad(ctx, lambda: _softmax_forward(*ctx.saved_tensors, ctx.spec, True)[2])
         if not ctx.spec.reduce_sum:
             grad_output = grad_output.unsqueeze(-1)
         return grad.mul_(grad_output).to(ctx.logits_dtype), None, None, None, None

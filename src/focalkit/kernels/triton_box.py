@@ -43,6 +43,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._autograd import refuse_double_backward, stored_grad
+
 __all__ = ["KINDS", "TritonBoxSpec", "triton_atan", "triton_box_loss"]
 
 BLOCK = 256  # boxes per program (2 per thread with 4 warps: the kernel is register-heavy)
@@ -257,14 +259,6 @@ def _launch(pred: Tensor, target: Tensor, spec: TritonBoxSpec, need_grad: bool):
     return loss, (None if grad is None else grad.view(pred.shape))
 
 
-def _refuse_double_backward() -> None:
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "focalkit box losses on backend='triton' are differentiable once: their backward "
-            "does not support double backward (create_graph=True); use backend='torch'"
-        )
-
-
 class _TritonBoxFunction(torch.autograd.Function):
     """Forward runs the kernel and keeps its fp32 gradient; backward scales it in place by
     ``grad_output[..., None]``. A second backward through a retained graph relaunches the
@@ -282,12 +276,8 @@ class _TritonBoxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        _refuse_double_backward()
-        grad = ctx.grad
-        ctx.grad = None
-        if grad is None:  # a second backward through a retained graph
-            pred, target = ctx.saved_tensors
-            _, grad = _launch(pred, target, ctx.spec, True)
+        refuse_double_backward("focalkit box losses on backend='triton'", "; use backend='torch'")
+        grad = stored_grad(ctx, lambda: _launch(*ctx.saved_tensors, ctx.spec, True)[1])
         return grad.mul_(grad_output.unsqueeze(-1)).to(ctx.pred_dtype), None, None
 
 

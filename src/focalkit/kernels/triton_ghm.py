@@ -57,6 +57,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra import libdevice
 
+from .._autograd import stored_grad
 from ._triton_math import log1p_small
 
 __all__ = [
@@ -358,9 +359,7 @@ class _TritonGHMCFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:
-            _, grad = _ghm_c_launch(ctx.inp, ctx.per_bin, True)
+        grad = stored_grad(ctx, lambda: _ghm_c_launch(ctx.inp, ctx.per_bin, True)[1])
         grad = _scale(grad.view(ctx.shape), grad_output)
         return grad.to(ctx.dtype), None, None
 
@@ -567,9 +566,7 @@ class _TritonGHMRFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:
-            _, grad = _ghm_r_launch(ctx.inp, ctx.per_bin, True)
+        grad = stored_grad(ctx, lambda: _ghm_r_launch(ctx.inp, ctx.per_bin, True)[1])
         grad = grad.view(ctx.shape)
         grad_target = None
         if ctx.needs_input_grad[1]:

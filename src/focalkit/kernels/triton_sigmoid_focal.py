@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._autograd import refuse_double_backward, stored_grad
 from ._triton_math import log1p_small
 
 __all__ = ["TritonSigmoidSpec", "triton_sigmoid_focal"]
@@ -180,14 +181,8 @@ class _TritonSigmoidFocalFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        from ..functional.focal import _refuse_double_backward
-
-        _refuse_double_backward()
-        grad = ctx.grad
-        ctx.grad = None
-        if grad is None:
-            logits, target, valid, alpha_pos = ctx.saved_tensors
-            _, grad = _launch(logits, target, valid, alpha_pos, ctx.spec, True)
+        refuse_double_backward("focalkit focal losses")
+        grad = stored_grad(ctx, lambda: _launch(*ctx.saved_tensors, ctx.spec, True)[1])
         return grad.mul_(grad_output).to(ctx.logits_dtype), None, None, None, None
 
 

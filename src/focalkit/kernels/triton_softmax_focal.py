@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._autograd import refuse_double_backward, stored_grad
+
 __all__ = ["TritonSoftmaxSpec", "triton_softmax_focal"]
 
 MAX_BLOCK = 4096  # columns per block of the online softmax (read at launch time)
@@ -196,14 +198,8 @@ class _TritonSoftmaxFocalFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, _grad_denominator):
-        from ..functional.focal import _refuse_double_backward
-
-        _refuse_double_backward()
-        grad = ctx.grad
-        ctx.grad = None
-        if grad is None:
-            logits, labels, class_weight, alpha = ctx.saved_tensors
-            _, _, grad = _launch(logits, labels, class_weight, alpha, ctx.spec, True)
+        refuse_double_backward("focalkit focal losses")
+        grad = stored_grad(ctx, lambda: _launch(*ctx.saved_tensors, ctx.spec, True)[2])
         if not ctx.spec.reduce_sum:
             grad_output = grad_output.unsqueeze(-1)
         return grad.mul_(grad_output).to(ctx.logits_dtype), None, None, None, None
