@@ -66,3 +66,20 @@ def compare_backends(loss_fn, logits, targets, **kw):
     torch.testing.assert_close(loss.float(), ref_loss.float(), rtol=rtol, atol=atol)
     torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=rtol, atol=atol)
     return loss, grad
+
+
+def sigmoid_targets(kind: str, shape, gen: torch.Generator) -> torch.Tensor:
+    """Targets of the sigmoid losses for logits of ``shape``: ``soft`` floats, ``hard`` 0/1
+    floats, ``int_dense`` 0/1 with ignored (-100) entries, or class indices with positives,
+    background (= C) and ignored rows."""
+    num_classes = shape[-1]
+    if kind == "soft":
+        return torch.rand(shape, generator=gen)
+    if kind == "hard":
+        return (torch.rand(shape, generator=gen) > 0.7).float()
+    if kind == "int_dense":  # 0/1 with ignored entries
+        t = torch.randint(0, 2, shape, generator=gen)
+        return torch.where(torch.rand(shape, generator=gen) < 0.2, -100, t)
+    # class indices: positives, background (= C) and ignored rows
+    labels = torch.randint(0, num_classes + 1, shape[:-1], generator=gen)
+    return torch.where(torch.rand(shape[:-1], generator=gen) < 0.2, -100, labels)

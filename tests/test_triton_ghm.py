@@ -27,6 +27,7 @@ from _triton_interp import (  # noqa: F401 (interpret: autouse fixture)
     compare_backends,
     import_kernel,
     interpret,
+    sigmoid_targets,
 )
 from focalkit.functional import _targets
 from focalkit.functional import ghm as ghm_impl
@@ -45,20 +46,6 @@ DTYPES = list(TOL)
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _targets_of(kind: str, shape, gen):
-    num_classes = shape[-1]
-    if kind == "soft":
-        return torch.rand(shape, generator=gen)
-    if kind == "hard":
-        return (torch.rand(shape, generator=gen) > 0.7).float()
-    if kind == "int_dense":  # 0/1 with ignored entries
-        t = torch.randint(0, 2, shape, generator=gen)
-        return torch.where(torch.rand(shape, generator=gen) < 0.2, -100, t)
-    # class indices: positives, background (= C) and ignored rows
-    labels = torch.randint(0, num_classes + 1, shape[:-1], generator=gen)
-    return torch.where(torch.rand(shape[:-1], generator=gen) < 0.2, -100, labels)
 
 
 def _ghm_c(logits, targets, **kw):
@@ -86,7 +73,7 @@ def test_ghm_c_matches_torch(dtype, kind):
     gen = _gen(0)
     shape = (13, 7)
     logits = (3 * torch.randn(shape, generator=gen)).to(dtype)
-    targets = _targets_of(kind, shape, gen)
+    targets = sigmoid_targets(kind, shape, gen)
     valid = torch.rand(shape, generator=gen) < 0.8
     for bins in (1, 10, 30):
         _ghm_c(logits, targets, bins=bins, valid=valid)
@@ -99,7 +86,7 @@ def test_ghm_c_valid_forms_and_ignore_index():
     """A broadcast valid mask, a float mask (read as > 0), a custom ignore_index."""
     gen = _gen(1)
     logits = 3 * torch.randn(11, 6, generator=gen)
-    targets = _targets_of("soft", (11, 6), gen)
+    targets = sigmoid_targets("soft", (11, 6), gen)
     _ghm_c(logits, targets, valid=torch.rand(11, 1, generator=gen) < 0.6)
     _ghm_c(logits, targets, valid=torch.rand(11, 6, generator=gen) - 0.3)
     labels = torch.randint(0, 7, (11,), generator=gen)
@@ -117,7 +104,7 @@ def test_ghm_c_odd_sizes(shape, monkeypatch):
     gen = _gen(2)
     logits = 3 * torch.randn(shape, generator=gen)
     for kind in ("soft", "index") if len(shape) > 1 else ("soft",):
-        targets = _targets_of(kind, shape, gen)
+        targets = sigmoid_targets(kind, shape, gen)
         for reduction in ("none", "mean"):
             _ghm_c(logits, targets, bins=30, reduction=reduction)
 
@@ -131,7 +118,7 @@ def test_ghm_c_non_contiguous():
         targets = torch.rand(logits.shape[::-1], generator=gen).t()
         valid = (torch.rand(logits.shape[::-1], generator=gen) < 0.8).t()
         _ghm_c(logits, targets, valid=valid, reduction="none")
-        _ghm_c(logits, _targets_of("index", logits.shape, gen), reduction="mean")
+        _ghm_c(logits, sigmoid_targets("index", logits.shape, gen), reduction="mean")
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
@@ -309,7 +296,7 @@ def _assert_modules_match(ref, got):
 def test_ghm_c_module_ema_matches_torch_over_steps():
     gen = _gen(11)
     batches = [
-        (3 * torch.randn(17, 5, generator=gen), _targets_of("index", (17, 5), gen))
+        (3 * torch.randn(17, 5, generator=gen), sigmoid_targets("index", (17, 5), gen))
         for _ in range(4)
     ]
     ref, got = _module_steps(lambda b: fk.GHMCLoss(bins=30, momentum=0.75, backend=b), batches)

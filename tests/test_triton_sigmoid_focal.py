@@ -16,6 +16,7 @@ from _triton_interp import (  # noqa: F401 (interpret: autouse fixture)
     compare_backends,
     import_kernel,
     interpret,
+    sigmoid_targets,
 )
 from focalkit.kernels import dispatch, resolve_backend
 
@@ -31,20 +32,6 @@ def _compare(logits, targets, **kw):
     return compare_backends(fk.sigmoid_focal_loss, logits, targets, **kw)
 
 
-def _targets(kind: str, shape, gen):
-    num_classes = shape[-1]
-    if kind == "soft":
-        return torch.rand(shape, generator=gen)
-    if kind == "hard":
-        return (torch.rand(shape, generator=gen) > 0.7).float()
-    if kind == "int_dense":  # 0/1 with ignored entries
-        t = torch.randint(0, 2, shape, generator=gen)
-        return torch.where(torch.rand(shape, generator=gen) < 0.2, -100, t)
-    # class indices: positives, background (= C) and ignored rows
-    labels = torch.randint(0, num_classes + 1, shape[:-1], generator=gen)
-    return torch.where(torch.rand(shape[:-1], generator=gen) < 0.2, -100, labels)
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", ["soft", "hard", "int_dense", "index"])
 def test_matches_torch(dtype, kind):
@@ -52,7 +39,7 @@ def test_matches_torch(dtype, kind):
     gen = torch.Generator().manual_seed(0)
     shape = (13, 7)
     logits = (3 * torch.randn(shape, generator=gen)).to(dtype)
-    targets = _targets(kind, shape, gen)
+    targets = sigmoid_targets(kind, shape, gen)
     alphas = [None, 0.25, torch.rand(7, generator=gen)]
     for gamma in GAMMAS:
         for alpha in alphas:
@@ -67,7 +54,7 @@ def test_odd_sizes(shape):
     gen = torch.Generator().manual_seed(2)
     logits = torch.randn(shape, generator=gen)
     for kind in ("soft", "index") if len(shape) > 1 else ("soft",):
-        targets = _targets(kind, shape, gen)
+        targets = sigmoid_targets(kind, shape, gen)
         for reduction in ("none", "sum"):
             _compare(logits, targets, reduction=reduction)
 
@@ -79,8 +66,8 @@ def test_non_contiguous_logits():
     for logits in (base[:, ::2], base.t()):
         assert not logits.is_contiguous()
         for kind in ("soft", "index"):
-            _compare(logits, _targets(kind, logits.shape, gen), reduction="none")
-            _compare(logits, _targets(kind, logits.shape, gen), reduction="mean")
+            _compare(logits, sigmoid_targets(kind, logits.shape, gen), reduction="none")
+            _compare(logits, sigmoid_targets(kind, logits.shape, gen), reduction="mean")
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
