@@ -55,15 +55,28 @@ def _entry(rank: int, init: str, scenarios: tuple[str, ...]) -> None:
         dist.destroy_process_group()
 
 
+# torch 2.13's DistributedDataParallel over gloo on CPU sometimes aborts a rank from a
+# background thread during backward ("terminate called without an active exception", no
+# Python frame): 5 of 30 runs of plain torch, two ranks each running DDP(nn.Linear) for six
+# backward steps, without focalkit. A rank killed by a signal is therefore spawned again;
+# a rank that raises (a failed check) is reported at once, never retried.
+SPAWN_ATTEMPTS = 3
+
+
 @pytest.fixture(scope="module")
 def two_rank_run() -> str | None:
     """Spawn the 2 ranks once for every scenario (process start-up dominates the run time);
     returns None, or the failing rank's traceback."""
-    try:
-        mp.spawn(_entry, args=(_rendezvous(), tuple(SCENARIOS)), nprocs=WORLD, join=True)
-    except mp.ProcessRaisedException as exc:
-        return str(exc)
-    return None
+    for attempt in range(1, SPAWN_ATTEMPTS + 1):
+        try:
+            mp.spawn(_entry, args=(_rendezvous(), tuple(SCENARIOS)), nprocs=WORLD, join=True)
+            return None
+        except mp.ProcessRaisedException as exc:
+            return str(exc)
+        except mp.ProcessExitedException:
+            if attempt == SPAWN_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _outcome(run: str | None, name: str) -> None:
