@@ -423,6 +423,33 @@ def test_ghm_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a: fk.ghm_r_loss(a, torch.zeros_like(a)), (pred,))
 
 
+def test_ghm_c_refuses_double_backward_instead_of_a_zero_second_derivative():
+    """GHM-C's gradient is formed in forward, so create_graph=True would give a first
+    derivative detached from x (a gradient penalty silently constant): it raises instead."""
+    logits, targets, valid = _random_problem(shape=(6, 4), seed=72)
+    x = logits.clone().requires_grad_(True)
+    loss = fk.ghm_c_loss(x, targets, bins=5, valid=valid)
+    with pytest.raises(RuntimeError, match=r"GHM-C .*double backward \(create_graph=True\)"):
+        torch.autograd.grad(loss, x, create_graph=True)
+
+
+def test_ghm_r_second_derivative_is_exact():
+    """GHM-R is built from differentiable ops: with the weights constant, d2L/dd2 is
+    w mu^2 / (d^2 + mu^2)^(3/2) / N, elementwise."""
+    mu, bins = 0.02, 5
+    pred = (torch.randn(8, 4, generator=_gen(73), dtype=torch.float64) * 0.1).requires_grad_(True)
+    (g,) = torch.autograd.grad(
+        fk.ghm_r_loss(pred, torch.zeros_like(pred), mu=mu, bins=bins), pred, create_graph=True
+    )
+    (h,) = torch.autograd.grad(g.sum(), pred)
+    d = pred.detach()
+    bin_of = (d.abs() / torch.sqrt(d * d + mu * mu) * bins).floor().long().clamp_max(bins - 1)
+    per = torch.bincount(bin_of.flatten(), minlength=bins).double()
+    w = d.numel() / (per[bin_of] * int((per > 0).sum()))
+    expected = w * mu * mu / (d * d + mu * mu) ** 1.5 / d.numel()
+    torch.testing.assert_close(h, expected, rtol=1e-10, atol=0)
+
+
 @SETTINGS
 @given(
     st.lists(st.floats(-20, 20), min_size=1, max_size=24),

@@ -339,6 +339,20 @@ def test_retained_graph_second_backward():
         torch.testing.assert_close(x.grad, first)
 
 
+def test_double_backward_is_refused():
+    """The kernels' gradient is formed in forward: create_graph=True raises (GHM-R names the
+    torch backend, whose second derivative is exact) instead of a silently zero one."""
+    gen = _gen(14)
+    logits = torch.randn(6, 3, generator=gen, requires_grad=True)
+    pred = torch.randn(6, 4, generator=gen, requires_grad=True)
+    loss_c = fk.ghm_c_loss(logits, torch.tensor([0, 3, 2, 1, 3, 0]), backend="triton")
+    with pytest.raises(RuntimeError, match=r"GHM-C .*double backward \(create_graph=True\)"):
+        torch.autograd.grad(loss_c, logits, create_graph=True)
+    loss_r = fk.ghm_r_loss(pred, torch.zeros(6, 4), backend="triton")
+    with pytest.raises(RuntimeError, match=r"GHM-R .*create_graph=True\); use backend='torch'"):
+        torch.autograd.grad(loss_r, pred, create_graph=True)
+
+
 # --------------------------------------------------------------------------------------------
 # dispatch and host syncs
 # --------------------------------------------------------------------------------------------
@@ -409,9 +423,7 @@ def _rank_entry(rank: int, init: str) -> None:
     """Each rank: the Modules with sync=True on its half of the batch, torch against triton
     (losses, logit gradients and EMA buffers over 2 training steps)."""
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=init, rank=rank, world_size=WORLD
-    )
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     try:
         gen = _gen(15)
         rows = slice(rank * 8, rank * 8 + 8)  # each rank: 8 of the 16 rows of 2 batches

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed
+from .._autograd import refuse_double_backward
 from .._checks import (
     check_broadcastable_to,
     check_floating,
@@ -44,6 +45,8 @@ from .._compat import compute_dtype, is_compiling, output_dtype
 from .._reduce import finish
 from ..kernels.dispatch import resolve_backend
 from ._targets import SigmoidTargets, parse_sigmoid_targets
+
+_LOSSES = "focalkit GHM-C losses"  # named by the double-backward error
 
 __all__ = ["ghm_c_loss", "ghm_r_loss"]
 
@@ -207,7 +210,8 @@ def _keep_mask(
 class _WeightedBCE(torch.autograd.Function):
     """``sum_i w_i BCE(x_i, y_i)`` (or the elementwise terms) with ``w_i = per_bin[index_i]``,
     computed chunk by chunk; the gradient ``w_i (sigmoid(x_i) - y_i)`` is formed in the same
-    pass and stored, so backward is a multiplication by ``grad_output``. Inputs are flat."""
+    pass and stored, so backward is a multiplication by ``grad_output`` (and a second
+    derivative, ``create_graph=True``, is refused rather than silently zero). Inputs are flat."""
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, index: Tensor, per_bin: Tensor, reduce_sum: bool):
@@ -230,6 +234,7 @@ class _WeightedBCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
+        refuse_double_backward(_LOSSES)
         (grad,) = ctx.saved_tensors
         return grad * grad_output, None, None, None, None
 
@@ -357,7 +362,8 @@ def ghm_c_loss(
     the authors' code and mmdetection do (GHM_Detection issue #13). This function is stateless
     (momentum 0) and local to the process; :class:`focalkit.GHMCLoss` keeps an EMA of the
     counts and can all-reduce them across ranks (``sync``). The weights are constants in
-    backward. ``g`` uses the detached probability.
+    backward. ``g`` uses the detached probability. The gradient is formed in forward, so the
+    loss is differentiable once: ``create_graph=True`` raises a ``RuntimeError``.
 
     Args:
         logits: ``(*, C)`` (or any shape) unnormalised scores; computed in float32 and returned
@@ -517,7 +523,8 @@ def ghm_r_loss(
     their code; a fractional ``lambda_i`` also scales its element's term (the reference code
     uses the weight only as a mask and in ``N``). Stateless (momentum 0) and local to the
     process; see :class:`focalkit.GHMRLoss` for the EMA and ``sync``. Weights are constants
-    in backward.
+    in backward. On the torch backend second derivatives (``create_graph=True``) are exact;
+    the Triton kernel is differentiable once and raises a ``RuntimeError`` there.
 
     Args:
         pred, target: regression outputs and targets of the same shape, e.g. ``(N, 4)`` box

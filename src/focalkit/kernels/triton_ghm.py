@@ -57,7 +57,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra import libdevice
 
-from .._autograd import stored_grad
+from .._autograd import refuse_double_backward, stored_grad
 from ._triton_math import log1p_small
 
 __all__ = [
@@ -339,11 +339,6 @@ def _ghm_c_launch(inp: GHMCInputs, per_bin: Tensor, need_grad: bool) -> tuple[Te
     return (loss.sum() if inp.reduce_sum else loss), grad
 
 
-def _scale(grad: Tensor, grad_output: Tensor) -> Tensor:
-    # in place, unless a graph of the backward is being built (create_graph=True)
-    return grad * grad_output if torch.is_grad_enabled() else grad.mul_(grad_output)
-
-
 class _TritonGHMCFunction(torch.autograd.Function):
     """Forward runs the loss pass and keeps its fp32 gradient; backward scales it by
     ``grad_output``. A second backward through a retained graph relaunches the pass. The
@@ -359,8 +354,9 @@ class _TritonGHMCFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
+        refuse_double_backward("focalkit GHM-C losses")
         grad = stored_grad(ctx, lambda: _ghm_c_launch(ctx.inp, ctx.per_bin, True)[1])
-        grad = _scale(grad.view(ctx.shape), grad_output)
+        grad = grad.view(ctx.shape).mul_(grad_output)
         return grad.to(ctx.dtype), None, None
 
 
@@ -566,6 +562,7 @@ class _TritonGHMRFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
+        refuse_double_backward("focalkit GHM-R losses on backend='triton'", "; use backend='torch'")
         grad = stored_grad(ctx, lambda: _ghm_r_launch(ctx.inp, ctx.per_bin, True)[1])
         grad = grad.view(ctx.shape)
         grad_target = None
@@ -573,7 +570,7 @@ class _TritonGHMRFunction(torch.autograd.Function):
             grad_target = (grad * grad_output).neg_().to(ctx.dtypes[1])
         grad_pred = None
         if ctx.needs_input_grad[0]:
-            grad_pred = _scale(grad, grad_output).to(ctx.dtypes[0])
+            grad_pred = grad.mul_(grad_output).to(ctx.dtypes[0])
         return grad_pred, grad_target, None, None
 
 
