@@ -34,77 +34,55 @@ ROWS, C = 1 << 16, 80  # 5.2M logits: many programs, odd last block below
 BOXES = 1 << 20 | 7
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator(device=DEVICE).manual_seed(seed)
-
-
-def _cases():
-    """name -> callable(backend, dtype) returning (loss, leaf input): full-size inputs."""
-    g = _gen(0)
-    x = torch.randn(ROWS + 3, C, generator=g, device=DEVICE) * 3
-    labels = torch.randint(0, C + 1, (ROWS + 3,), generator=g, device=DEVICE)
+def build_cases(device=DEVICE, rows=ROWS, classes=C, boxes=BOXES):
+    """name -> (loss_fn(leaf, backend), the tensor the leaf is made from); full size by
+    default (``test_triton_torch_compile.py`` runs the same checks small, on CPU)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(rows + 3, classes, generator=g, device=device) * 3
+    labels = torch.randint(0, classes + 1, (rows + 3,), generator=g, device=device)
     labels[::17] = -100
-    dense = (torch.rand(ROWS + 3, C, generator=g, device=DEVICE) < 0.02).float()
-    soft = torch.rand(ROWS + 3, C, generator=g, device=DEVICE)
-    alpha_c = torch.rand(C, generator=g, device=DEVICE)
-    pred = torch.randn(ROWS * 4 + 1, generator=g, device=DEVICE)
-    target = torch.randn(ROWS * 4 + 1, generator=g, device=DEVICE)
-    xy = torch.rand(BOXES, 2, generator=g, device=DEVICE) * 100
-    wh = torch.rand(BOXES, 2, generator=g, device=DEVICE) * 50 + 1
+    dense = (torch.rand(rows + 3, classes, generator=g, device=device) < 0.02).float()
+    soft = torch.rand(rows + 3, classes, generator=g, device=device)
+    alpha_c = torch.rand(classes, generator=g, device=device)
+    pred = torch.randn(rows * 4 + 1, generator=g, device=device)
+    target = torch.randn(rows * 4 + 1, generator=g, device=device)
+    xy = torch.rand(boxes, 2, generator=g, device=device) * 100
+    wh = torch.rand(boxes, 2, generator=g, device=device) * 50 + 1
     boxes_p = torch.cat([xy, xy + wh], -1)
-    boxes_t = boxes_p + torch.randn(BOXES, 4, generator=g, device=DEVICE) * 5
-    num_pos = (labels >= 0).logical_and(labels < C).sum()
-
-    def leaf(t, dtype):
-        return t.to(dtype).requires_grad_(True)
-
-    def sigmoid_index(backend, dtype):
-        z = leaf(x, dtype)
-        return fk.sigmoid_focal_loss(z, labels, alpha=0.25, normalizer=num_pos, backend=backend), z
-
-    def sigmoid_dense(backend, dtype):
-        z = leaf(x, dtype)
-        return fk.sigmoid_focal_loss(z, dense, alpha=alpha_c, gamma=0.5, backend=backend), z
-
-    def sigmoid_soft_none(backend, dtype):
-        z = leaf(x, dtype)
-        return fk.sigmoid_focal_loss(z, soft, reduction="none", backend=backend), z
-
-    def softmax(backend, dtype):
-        z = leaf(x, dtype)
-        return fk.softmax_focal_loss(z, labels.clamp(max=C - 1), alpha=0.25, backend=backend), z
-
-    def ghm_c(backend, dtype):
-        z = leaf(x, dtype)
-        return fk.ghm_c_loss(z, labels, bins=30, backend=backend), z
-
-    def ghm_r(backend, dtype):
-        p = leaf(pred, dtype)
-        return fk.ghm_r_loss(p, target.to(dtype), bins=10, backend=backend), p
-
-    def box(kind):
-        fn = getattr(fk, f"{kind}_loss")
-
-        def run(backend, dtype):
-            p = leaf(boxes_p, dtype)
-            return fn(p, boxes_t.to(dtype), backend=backend), p
-
-        return run
+    boxes_t = boxes_p + torch.randn(boxes, 4, generator=g, device=device) * 5
+    num_pos = (labels >= 0).logical_and(labels < classes).sum()
 
     cases = {
-        "sigmoid_index": sigmoid_index,
-        "sigmoid_dense": sigmoid_dense,
-        "sigmoid_soft_none": sigmoid_soft_none,
-        "softmax": softmax,
-        "ghm_c": ghm_c,
-        "ghm_r": ghm_r,
+        "sigmoid_index": (
+            lambda z, b: fk.sigmoid_focal_loss(
+                z, labels, alpha=0.25, normalizer=num_pos, backend=b
+            ),
+            x,
+        ),
+        "sigmoid_dense": (
+            lambda z, b: fk.sigmoid_focal_loss(z, dense, alpha=alpha_c, gamma=0.5, backend=b),
+            x,
+        ),
+        "sigmoid_soft_none": (
+            lambda z, b: fk.sigmoid_focal_loss(z, soft, reduction="none", backend=b),
+            x,
+        ),
+        "softmax": (
+            lambda z, b: fk.softmax_focal_loss(
+                z, labels.clamp(max=classes - 1), alpha=0.25, backend=b
+            ),
+            x,
+        ),
+        "ghm_c": (lambda z, b: fk.ghm_c_loss(z, labels, bins=30, backend=b), x),
+        "ghm_r": (lambda p, b: fk.ghm_r_loss(p, target.to(p.dtype), bins=10, backend=b), pred),
     }
     for kind in ("iou", "giou", "diou", "ciou", "eiou", "focal_eiou"):
-        cases[kind] = box(kind)
+        fn = getattr(fk, f"{kind}_loss")
+        cases[kind] = (lambda p, b, fn=fn: fn(p, boxes_t.to(p.dtype), backend=b), boxes_p)
     return cases
 
 
-CASES = _cases() if torch.cuda.is_available() else {}
+CASES = build_cases() if torch.cuda.is_available() else {}
 NAMES = [
     "sigmoid_index",
     "sigmoid_dense",
@@ -121,10 +99,12 @@ NAMES = [
 ]
 
 
-def _forward_backward(case, backend, dtype):
-    loss, leaf = case(backend, dtype)
-    grad_out = torch.ones_like(loss)
-    loss.backward(grad_out)
+def _forward_backward(case, backend, dtype, loss_fn=None):
+    """Loss and gradient of ``case`` (``loss_fn`` replaces its loss, e.g. compiled)."""
+    fn, inp = case
+    leaf = inp.to(dtype, copy=True).requires_grad_(True)  # a fresh leaf, never the shared input
+    loss = (loss_fn or fn)(leaf, backend)
+    loss.backward(torch.ones_like(loss))
     return loss.detach(), leaf.grad
 
 
@@ -141,15 +121,37 @@ def test_no_host_sync(name, backend):
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("name", NAMES)
-def test_triton_equals_torch_full_size(name, dtype):
+def check_triton_equals_torch(case, dtype):
     rtol, atol = TOL[dtype]
-    ref_loss, ref_grad = _forward_backward(CASES[name], "torch", dtype)
-    loss, grad = _forward_backward(CASES[name], "triton", dtype)
+    ref_loss, ref_grad = _forward_backward(case, "torch", dtype)
+    loss, grad = _forward_backward(case, "triton", dtype)
     assert loss.dtype == ref_loss.dtype and grad.dtype == ref_grad.dtype
     torch.testing.assert_close(loss.float(), ref_loss.float(), rtol=rtol, atol=atol)
     torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=rtol, atol=atol)
+
+
+def check_compiled(case):
+    """Under torch.compile (Inductor), "auto" compiles fullgraph on the torch path and a forced
+    "triton" runs the kernel outside the graph: both equal the eager kernel (float32)."""
+    rtol, atol = TOL[torch.float32]
+    ref_loss, ref_grad = _forward_backward(case, "triton", torch.float32)
+    torch._dynamo.reset()
+    for backend, fullgraph in (("auto", True), ("triton", False)):
+        compiled = torch.compile(case[0], fullgraph=fullgraph, dynamic=False)
+        loss, grad = _forward_backward(case, backend, torch.float32, compiled)
+        torch.testing.assert_close(loss, ref_loss, rtol=rtol, atol=atol)
+        torch.testing.assert_close(grad, ref_grad, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_triton_equals_torch_full_size(name, dtype):
+    check_triton_equals_torch(CASES[name], dtype)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_auto_and_forced_triton(name):
+    check_compiled(CASES[name])
 
 
 def test_sigmoid_kernel_beyond_int32_offsets():

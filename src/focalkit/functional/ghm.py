@@ -43,7 +43,7 @@ from .._checks import (
 )
 from .._compat import compute_dtype, is_compiling, output_dtype
 from .._reduce import finish
-from ..kernels.dispatch import resolve_backend
+from ..kernels.dispatch import outside_compiled_graph, resolve_backend
 from ._targets import SigmoidTargets, parse_sigmoid_targets
 
 _LOSSES = "focalkit GHM-C losses"  # named by the double-backward error
@@ -300,6 +300,7 @@ def ghm_c_forward(
     return loss.to(out_dtype)
 
 
+@outside_compiled_graph
 def _ghm_c_triton(
     logits: Tensor,
     parsed: SigmoidTargets,
@@ -474,6 +475,7 @@ def _numel_total(pred: Tensor) -> Tensor:
     return torch.full((), float(pred.numel()), dtype=torch.float64, device=pred.device)
 
 
+@outside_compiled_graph
 def _ghm_r_triton(
     pred: Tensor,
     target: Tensor,

@@ -23,10 +23,18 @@ features           the kernel supports the requested options. On torch only:
                    gamma; IoU family: ``target_boxes`` that require grad (the kernel
                    differentiates ``pred_boxes`` only); GHM-C/GHM-R: none
 =================  ===========================================================================
+
+Inside ``torch.compile`` (while dynamo traces), ``"auto"`` is ``"torch"``: the torch path
+compiles with ``fullgraph=True`` and Inductor fuses it into its own kernels, whereas a
+``torch.autograd.Function`` launching hand-written Triton kernels is traced by dynamo only
+partly (saved tensors on ``ctx``, launch grids) and differently from one torch version to the
+next. A forced ``"triton"`` there still runs the kernels, eagerly, outside the compiled graph
+(:func:`outside_compiled_graph`: a graph break, so not with ``fullgraph=True``).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Callable, Collection
@@ -35,11 +43,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .._compat import is_compiling
+
 __all__ = [
     "BACKENDS",
     "TRITON_DTYPES",
     "TRITON_RULES",
     "check_backend",
+    "outside_compiled_graph",
     "resolve_backend",
     "triton_available",
 ]
@@ -127,9 +138,11 @@ def resolve_backend(
 
     Raises:
         ValueError: unknown ``backend``, or ``"triton"`` forced where a rule fails.
+
+    Inside ``torch.compile``, ``"auto"`` returns ``"torch"`` (see the module docstring).
     """
     check_backend(backend)
-    if backend == "torch":
+    if backend == "torch" or (backend == "auto" and is_compiling()):
         return "torch"
     call = _Call(tensor, dtype_ok, unsupported)
     for rule in TRITON_RULES:
@@ -140,3 +153,22 @@ def resolve_backend(
                 )
             return "torch"
     return "triton"
+
+
+def outside_compiled_graph(fn: Callable) -> Callable:
+    """Run ``fn`` (a Triton path's entry point) eagerly when called inside ``torch.compile``:
+    dynamo breaks the graph around it instead of tracing the kernel launches. Outside
+    ``torch.compile`` it is a plain call. (``torch.compiler.disable`` is applied at the first
+    call under compile, not here: it imports dynamo, and with it triton, which
+    ``import focalkit`` must not do.)"""
+    disabled: list[Callable] = []
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if not is_compiling():
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return call

@@ -44,6 +44,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._autograd import refuse_double_backward, stored_grad
+from .dispatch import outside_compiled_graph
 
 __all__ = ["KINDS", "TritonBoxSpec", "triton_atan", "triton_box_loss"]
 
@@ -281,6 +282,7 @@ class _TritonBoxFunction(torch.autograd.Function):
         return grad.mul_(grad_output.unsqueeze(-1)).to(ctx.pred_dtype), None, None
 
 
+@outside_compiled_graph
 def triton_box_loss(pred: Tensor, target: Tensor, spec: TritonBoxSpec) -> Tensor:
     """Per-box loss (float32, shape ``pred.shape[:-1]``) of xyxy boxes ``pred`` and ``target``
     (``(..., 4)``, float32/float16/bfloat16, any strides), differentiable w.r.t. ``pred``."""

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .._autograd import refuse_double_backward, stored_grad
 from ._triton_math import log1p_small
+from .dispatch import outside_compiled_graph
 
 __all__ = ["TritonSigmoidSpec", "triton_sigmoid_focal"]
 
@@ -186,6 +187,7 @@ class _TritonSigmoidFocalFunction(torch.autograd.Function):
         return grad.mul_(grad_output).to(ctx.logits_dtype), None, None, None, None
 
 
+@outside_compiled_graph
 def triton_sigmoid_focal(
     logits: Tensor,
     target: Tensor,

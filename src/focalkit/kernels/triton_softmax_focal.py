@@ -30,6 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._autograd import refuse_double_backward, stored_grad
+from .dispatch import outside_compiled_graph
 
 __all__ = ["TritonSoftmaxSpec", "triton_softmax_focal"]
 
@@ -205,6 +206,7 @@ class _TritonSoftmaxFocalFunction(torch.autograd.Function):
         return grad.mul_(grad_output).to(ctx.logits_dtype), None, None, None, None
 
 
+@outside_compiled_graph
 def triton_softmax_focal(
     logits: Tensor,
     labels: Tensor,
