@@ -37,8 +37,10 @@ runs) with the specialisation a CUDA launch would give it:
   emulated division per element, which a runtime ``C`` or ``K`` costs). Each case compiles
   into its own empty ``TRITON_CACHE_DIR``.
 
-The binder calls are Triton 3.9 internals: without them, or without triton's bundled ptxas,
-the module is skipped.
+The binder calls are Triton internals (those of 3.6, the GPU machines' version, and of 3.9,
+CI's, both work): without them, or without triton's bundled ptxas, the module is skipped.
+Under triton 3.6 one GHM-R case (bf16, elementwise weights, 200 bins) spills 4 bytes; 3.9
+spills nothing, and CI asserts that.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ MODULES = ("triton_sigmoid_focal", "triton_softmax_focal", "triton_ghm", "triton
 CLASS_COUNT = "C"
 ROW_LENGTH = "K"
 _B = (False, True)
-_NB = tuple(2**k for k in range(5, 13))  # max(32, next_power_of_2(bins + 1)) <= 4096
+_NB = tuple(2**k for k in range(5, 12))  # max(32, next_power_of_2(bins + 1)) <= HIST_MAX_BINS
 CONSTEXPRS = {
     "_sigmoid_focal_kernel": {
         "NUM_CLASSES": CLASS_COUNT,
@@ -202,7 +204,7 @@ def _pairwise(options: dict[str, tuple], each: dict[str, tuple] | None = None) -
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-BINS = (1, 10, 40, 100, 200, 500, 1000, 2000, 4000, 5000)  # NB 32 ... 4096, then ATOMIC
+BINS = (1, 10, 40, 100, 200, 500, 1000, 2000, 4000)  # NB 32 ... 2048, then ATOMIC
 
 CASES = {
     "sigmoid": _pairwise(
@@ -481,7 +483,8 @@ def _specialise(launch: tuple, huge: bool):
     # as JITFunction.run
     kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
     kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
-    kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+    if hasattr(knobs.compilation, "fpsan_homomorphic_casts"):  # triton >= 3.7
+        kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
     backend = make_backend(GPUTarget(*TARGET))
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
@@ -649,7 +652,7 @@ def child(tmp_path_factory):
     proc = _Child(tmp_path_factory.mktemp("triton-aot") / "child-stderr.log")
     if "skip" in proc.hello:
         proc.close()
-        pytest.skip(f"needs triton 3.9's nvidia backend and its ptxas: {proc.hello['skip']}")
+        pytest.skip(f"needs triton's nvidia backend and its ptxas: {proc.hello['skip']}")
     yield proc
     proc.close()
 

@@ -73,7 +73,9 @@ __all__ = [
 
 BLOCK = 1024  # elements per tile
 MAX_PROGRAMS = 1024  # programs of the histogram pass (each walks several tiles)
-HIST_MAX_BINS = 4096  # above: per-element atomics instead of a register histogram (read at launch)
+# above: per-element atomics instead of a register histogram (read at launch). 4096 compiles
+# without spills on triton 3.9 but spills 300-700 bytes per thread on 3.6 (sm_90)
+HIST_MAX_BINS = 2048
 
 
 # --------------------------------------------------------------------------------------------
