@@ -99,6 +99,26 @@ def test_every_implementation_agrees_with_focalkit(suite):
             assert row["max_abs_diff"] is not None and row["max_abs_diff"] < 1e-5, row
 
 
+@pytest.mark.triton
+def test_triton_rows_agree_with_the_torch_backend(tmp_path, monkeypatch):
+    """Where "auto" picks the kernels (here Triton's interpreter on CPU stands in for CUDA),
+    the suite times a triton row per family in every mode, and its loss and gradient agree
+    with the torch backend's."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # before triton's first import in this process
+    pytest.importorskip("triton")
+    json_path = tmp_path / "suite.json"
+    argv = ["bench", "--device", "cpu", "--sizes", "400x8", "--repeat", "1", "--no-compile",
+            "--json", str(json_path)]
+    assert main(argv) == 0
+    doc = json.loads(json_path.read_text())
+    triton_rows = {(r["impl"], r["mode"]): r for r in doc["rows"] if "(triton)" in r["impl"]}
+    impls = ("focalkit (triton)", "focalkit softmax (triton)", "focalkit ghm_c (triton)")
+    assert set(triton_rows) == {(impl, mode) for impl in impls for mode in MODES}
+    for row in triton_rows.values():
+        assert row["seconds"] > 0 and row["max_abs_diff"] < 1e-5, row
+    assert not any("(triton)" in s["impl"] for s in doc["skipped"])
+
+
 def test_metadata_memory_and_plot(suite):
     doc, png = suite
     env = doc["environment"]
