@@ -98,6 +98,9 @@ def suite_table(data: dict) -> str:
             f"{row['pct_of_copy']:.1f} | {_opt(row['ratio_vs_eager'], '.2f', 'x')} | "
             f"{_opt(row['ratio_vs_compile'], '.2f', 'x')} |"
         )
+    if not data.get("complete", True):  # an interrupted run, to be finished with --resume
+        total = len(data["sizes"]) * len(data["dtypes"])
+        lines += ["", f"Partial: {len(data['done'])} of {total} size x dtype cases measured."]
     if data["skipped"]:
         lines += ["", "Not measured: " + "; ".join(
             f"{s['impl']} ({s['reason']})" for s in data["skipped"]) + "."]

@@ -133,6 +133,60 @@ def test_metadata_memory_and_plot(suite):
     assert png.read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_interrupted_run_keeps_finished_cases_and_resume_measures_only_the_rest(
+    tmp_path, monkeypatch, capsys
+):
+    """The JSON is rewritten after each size x dtype: a run stopped in its second case leaves
+    the first; ``--resume`` keeps those rows untouched and measures only the second."""
+    from focalkit.cli import bench_suite
+
+    json_path = tmp_path / "suite.json"
+    argv = ["bench", "--device", "cpu", "--sizes", "2000x8", "3000x8", "--repeat", "1",
+            "--no-compile", "--json", str(json_path)]
+    measured = []
+    run_case = bench_suite.run_case
+
+    def stop_in_the_second_case(case, *args):
+        measured.append(case.numel)
+        if len(measured) == 2:
+            raise KeyboardInterrupt
+        return run_case(case, *args)
+
+    monkeypatch.setattr(bench_suite, "run_case", stop_in_the_second_case)
+    assert main(argv) == 130
+    assert "add --resume to measure only the rest" in capsys.readouterr().err
+    partial = json.loads(json_path.read_text())
+    assert partial["done"] == [[2000, 8, "fp32"]] and partial["complete"] is False
+    assert {r["numel"] for r in partial["rows"]} == {2000}
+    table = _load("render_readme").suite_table(partial)
+    assert "Partial: 1 of 2 size x dtype cases measured." in table
+
+    measured.clear()
+    monkeypatch.setattr(bench_suite, "run_case", lambda case, *a: measured.append(case.numel)
+                        or run_case(case, *a))
+    assert main([*argv, "--resume"]) == 0
+    assert measured == [3000]
+    doc = json.loads(json_path.read_text())
+    assert doc["done"] == [[2000, 8, "fp32"], [3000, 8, "fp32"]] and doc["complete"] is True
+    assert [r for r in doc["rows"] if r["numel"] == 2000] == partial["rows"]
+    assert {(r["impl"], r["mode"]) for r in doc["rows"] if r["numel"] == 3000} == {
+        (r["impl"], r["mode"]) for r in partial["rows"]
+    }
+
+
+def test_resume_refusals_name_the_mismatch(tmp_path, capsys):
+    json_path = tmp_path / "suite.json"
+    argv = ["bench", "--device", "cpu", "--sizes", "2000x8", "--no-compile", "--json",
+            str(json_path), "--resume"]
+    for text in ("[1, 2]", '{"benchmark": "focal_cpu"}'):
+        json_path.write_text(text)
+        assert main([*argv, "--repeat", "1"]) == 2
+        assert "is not a results file of this suite" in capsys.readouterr().err
+    assert main([*argv[:-1], "--repeat", "1"]) == 0  # without --resume: written afresh
+    assert main([*argv, "--repeat", "2"]) == 2
+    assert "has repeat 1, this run 2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -162,7 +216,7 @@ def test_help(capsys):
     assert main(["bench", "--help"]) == 0
     out = capsys.readouterr().out
     for option in ("--device", "--preset", "--sizes", "--dtypes", "--no-compile", "--json",
-                   "--plot", "--repeat"):
+                   "--plot", "--repeat", "--resume"):
         assert option in out
 
 

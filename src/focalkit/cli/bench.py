@@ -66,6 +66,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="also draw speed-up and %% of copy bandwidth against size (PNG)")
     bench.add_argument("--repeat", type=_positive, default=5, metavar="N",
                        help="timed calls per variant (default 5)")
+    bench.add_argument("--resume", action="store_true",
+                       help="keep the cases already in the --json file (written after each "
+                       "size x dtype, so an interrupted run keeps what it finished) and "
+                       "measure only the others; the file must come from this machine and "
+                       "the same versions, --repeat and compile setting")
     return bench
 
 
@@ -92,7 +97,15 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     opts = SuiteOptions(device=device, preset=name, sizes=list(sizes), dtypes=list(dtypes),
                         repeat=args.repeat, compile=not args.no_compile,
                         command=shlex.join(["focalkit", *argv]))
-    doc = run_suite(opts, log=lambda msg: print(msg, flush=True))
+    previous = None
+    if args.resume and json_path.exists():
+        previous = _resumable(prog, json_path, opts)
+    doc = run_suite(
+        opts,
+        log=lambda msg: print(msg, flush=True),
+        previous=previous,
+        on_case=lambda partial: atomic_write_json(json_path, partial),
+    )
     print(format_table(doc))
     atomic_write_json(json_path, doc)
     print(f"wrote {json_path}")
@@ -100,3 +113,34 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         plot_suite(doc, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+# what must match for rows of two runs to sit in one table (ratios are within a case, but
+# the cases of one table should come from one machine and one software stack)
+_RESUME_KEYS = ("focalkit", "torch", "triton", "torchvision", "kornia", "monai", "device_name",
+                "threads")
+
+
+def _resumable(prog: str, path: Path, opts) -> dict:
+    """The document at ``path`` if ``opts`` can extend it, else a usage error saying why."""
+    import torch
+
+    from . import _UsageError
+    from .bench_suite import environment
+    from .records import read_record
+
+    doc = read_record(path)
+    needed = ("benchmark", "environment", "repeat", "compile", "sizes", "dtypes", "skipped",
+              "done", "rows")
+    if doc is None or doc.get("benchmark") != "suite" or any(k not in doc for k in needed):
+        raise _UsageError(prog, f"--resume: {path} is not a results file of this suite "
+                          "(written after each case since --resume exists)")
+    here = environment(torch.device(opts.device))
+    for key, found, now in (
+        [("device", doc["environment"].get("device"), here["device"])]
+        + [(k, doc["environment"].get(k), here[k]) for k in _RESUME_KEYS]
+        + [("repeat", doc["repeat"], opts.repeat), ("compile", doc["compile"], opts.compile)]
+    ):
+        if found != now:
+            raise _UsageError(prog, f"--resume: {path} has {key} {found!r}, this run {now!r}")
+    return doc

@@ -58,6 +58,7 @@ __all__ = [
     "MODES",
     "PRESETS",
     "SuiteOptions",
+    "case_key",
     "min_bytes",
     "run_suite",
 ]
@@ -492,34 +493,75 @@ def run_case(case: Case, opts: SuiteOptions, device: torch.device, skipped: dict
     return rows
 
 
-def run_suite(opts: SuiteOptions, log: Callable[[str], None] = print) -> dict:
-    """Run every size x dtype of ``opts``; returns the results document (not written)."""
+def case_key(numel: int, classes: int, dtype_name: str) -> list:
+    """How a finished size x dtype is listed in a document's ``"done"``."""
+    return [int(numel), int(classes), dtype_name]
+
+
+def run_suite(
+    opts: SuiteOptions,
+    log: Callable[[str], None] = print,
+    *,
+    previous: dict | None = None,
+    on_case: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run every size x dtype of ``opts``; returns the results document (not written).
+
+    ``previous``: a document of an earlier, interrupted or shorter run on the same machine
+    (see ``focalkit bench --resume``): its rows are kept and the size x dtype cases in its
+    ``"done"`` are not measured again. ``on_case`` receives the document so far after each
+    case, so that an interrupted run keeps its finished cases; ``"complete"`` says whether
+    every size x dtype of ``"sizes"`` x ``"dtypes"`` is in ``"done"``."""
     device = torch.device(opts.device)
     skipped: dict[str, str] = {}
     rows: list[dict] = []
+    done: list[list] = []
+    sizes = [list(s) for s in opts.sizes]
+    dtypes = list(opts.dtypes)
+    if previous is not None:
+        skipped.update({s["impl"]: s["reason"] for s in previous["skipped"]})
+        rows.extend(previous["rows"])
+        done.extend(previous["done"])
+        sizes = [s for s in previous["sizes"] if s not in sizes] + sizes
+        dtypes = [d for d in previous["dtypes"] if d not in dtypes] + dtypes
+
+    def document() -> dict:
+        complete = all(case_key(n, c, d) in done for n, c in sizes for d in dtypes)
+        return {
+            "benchmark": "suite",
+            "preset": opts.preset,
+            "command": opts.command,
+            "device": device.type,
+            "environment": environment(device),
+            "repeat": opts.repeat,
+            "compile": opts.compile,
+            "sizes": sizes,
+            "dtypes": dtypes,
+            "modes": list(MODES),
+            "min_bytes_formulas": MIN_BYTES_FORMULAS,
+            "skipped": [{"impl": k, "reason": v} for k, v in sorted(skipped.items())],
+            "done": done,
+            "complete": complete,
+            "rows": rows,
+        }
+
     for dtype_name in opts.dtypes:
         for numel, classes in opts.sizes:
+            key = case_key(numel, classes, dtype_name)
+            if key in done:
+                log(f"# {numel:,} logits x {classes} classes, {dtype_name}: kept from --resume")
+                continue
             case = make_case(numel, classes, dtype_name, device)
             log(f"# {case.numel:,} logits ({case.rows} x {classes}), {dtype_name}")
             rows.extend(run_case(case, opts, device, skipped, log))
+            done.append(key)
             del case
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    return {
-        "benchmark": "suite",
-        "preset": opts.preset,
-        "command": opts.command,
-        "device": device.type,
-        "environment": environment(device),
-        "repeat": opts.repeat,
-        "sizes": [list(s) for s in opts.sizes],
-        "dtypes": list(opts.dtypes),
-        "modes": list(MODES),
-        "min_bytes_formulas": MIN_BYTES_FORMULAS,
-        "skipped": [{"impl": k, "reason": v} for k, v in sorted(skipped.items())],
-        "rows": rows,
-    }
+            if on_case is not None:
+                on_case(document())
+    return document()
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
