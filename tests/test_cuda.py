@@ -154,6 +154,27 @@ def test_compiled_auto_and_forced_triton(name):
     check_compiled(CASES[name])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_sigmoid_kernel_peak_memory(dtype):
+    """The issue's target: forward + backward of the sigmoid focal kernel on 1.3e8 logits
+    (dense targets of the logits' dtype) peaks at no more than logits + targets + gradient
+    + 5%: the gradient, kept in the logits' dtype for bfloat16, is the only tensor of the
+    logits' size made."""
+    rows = 16 * 100_000
+    before = torch.cuda.memory_allocated()  # other tests' inputs stay allocated
+    x = torch.randn(rows, 80, device=DEVICE).to(dtype).requires_grad_(True)
+    y = (torch.rand(rows, 80, device=DEVICE) < 0.01).to(dtype)
+    size = x.numel() * x.element_size()
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() - before == 2 * size
+    torch.cuda.reset_peak_memory_stats()
+    fk.sigmoid_focal_loss(x, y, backend="triton").backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    assert peak <= 1.05 * 3 * size, f"peak {peak / size:.3f} x the logits' size (budget 3.15)"
+    assert x.grad.dtype == dtype
+
+
 def test_sigmoid_kernel_beyond_int32_offsets():
     """2**31 + 64 * 5 bf16 logits, all zero, class-index targets: every element has
     p = 1/2, so its loss is a_t 2^-g log 2 and its gradient +-a_t 2^-g (1/2 + g/2 log 2).

@@ -110,6 +110,62 @@ def test_module_and_retained_graph():
     torch.testing.assert_close(logits.grad, first)
 
 
+def _stored_gradients(loss: torch.Tensor) -> list[torch.Tensor]:
+    """The gradients the loss's autograd nodes keep from forward (``ctx.grad``)."""
+    found, todo, seen = [], [loss.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(getattr(node, "grad", None), torch.Tensor):
+            found.append(node.grad)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("dtype", "stored"),
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float16, torch.float32),
+    ],
+    ids=str,
+)
+def test_stored_gradient_dtype(dtype, stored):
+    """Between forward and backward the (N, C) kernels keep one gradient of the logits' size:
+    bfloat16 for bfloat16 logits (no float32 copy kept, none converted in backward)."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(9, 5, generator=gen).to(dtype).requires_grad_(True)
+    labels = torch.randint(0, 5, (9,), generator=gen)
+    for loss in (
+        fk.sigmoid_focal_loss(x, labels, backend="triton"),
+        fk.softmax_focal_loss(x, labels, backend="triton"),
+        fk.ghm_c_loss(x, labels, backend="triton"),
+    ):
+        (grad,) = _stored_gradients(loss)
+        assert grad.dtype == stored and grad.numel() == x.numel()
+
+
+def test_float16_gradient_survives_a_loss_scale():
+    """float16 logits, backward with a loss scale (GradScaler's idea) of 2**15: the kernel
+    keeps a float32 gradient until the scale is applied, so elements whose unscaled gradient
+    (3e-8, 8e-9, 2e-9) is below float16's smallest subnormal (6e-8) get their scaled gradient
+    (the float64 one times 2**15), as on the torch backend, rather than 0."""
+    x = torch.tensor([[-6.0, -6.5, -7.0, 3.0]], dtype=torch.float16)
+    y = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    scale = 2.0**15
+    ref = x.double().requires_grad_(True)
+    fk.sigmoid_focal_loss(ref, y.double(), reduction="sum").backward()
+    assert (ref.grad[0, :3] < 6e-8).all()
+    for backend in ("torch", "triton"):
+        z = x.clone().requires_grad_(True)
+        loss = fk.sigmoid_focal_loss(z, y, reduction="sum", backend=backend)
+        (grad,) = torch.autograd.grad(loss, z, torch.tensor(scale, dtype=torch.float16))
+        torch.testing.assert_close(grad.double(), ref.grad * scale, rtol=2e-3, atol=0)
+
+
 def test_unsupported_options_fall_back_or_raise():
     """weight= and gamma='flsd53' run on torch under "auto" and raise under "triton"."""
     logits = torch.randn(4, 3)

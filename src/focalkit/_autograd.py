@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["refuse_double_backward", "stored_grad"]
+__all__ = ["refuse_double_backward", "stored_grad", "stored_grad_dtype"]
 
 
 def refuse_double_backward(losses: str, hint: str = "") -> None:
@@ -28,3 +28,14 @@ def stored_grad(ctx, recompute: Callable[[], Tensor]) -> Tensor:
     place); a later backward through the same retained graph gets ``recompute()``."""
     grad, ctx.grad = ctx.grad, None
     return recompute() if grad is None else grad
+
+
+def stored_grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a kernel keeps a gradient in from forward to backward, for inputs of ``dtype``.
+
+    bfloat16 for bfloat16 inputs: the gradient handed back is bfloat16 anyway, so no float32
+    tensor of the inputs' size is kept, and none is converted in backward (``grad_output``,
+    a scale, then costs one more rounding). float32 otherwise: a float16 gradient stored
+    before ``grad_output`` is applied would underflow where a loss scale (``GradScaler``) is
+    there to prevent it; float32 inputs get float32."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32

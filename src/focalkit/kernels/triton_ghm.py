@@ -57,7 +57,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra import libdevice
 
-from .._autograd import refuse_double_backward, stored_grad
+from .._autograd import refuse_double_backward, stored_grad, stored_grad_dtype
 from ._triton_math import log1p_small
 
 __all__ = [
@@ -201,7 +201,7 @@ def _ghm_c_loss_kernel(
     keep_ptr,
     per_bin_ptr,  # (bins + 1,) float32, the last entry 0
     loss_ptr,  # REDUCE: (num_programs,) partial sums; else (n,) elementwise
-    grad_ptr,  # (n,) float32 (NEED_GRAD)
+    grad_ptr,  # (n,) float32, or bfloat16 for bfloat16 logits (NEED_GRAD)
     n,
     ignore_index,
     bins,
@@ -317,7 +317,8 @@ def _ghm_c_launch(inp: GHMCInputs, per_bin: Tensor, need_grad: bool) -> tuple[Te
     device = inp.x.device
     grid = (triton.cdiv(n, BLOCK),)
     loss = torch.empty(grid[0] if inp.reduce_sum else n, dtype=torch.float32, device=device)
-    grad = torch.empty(n, dtype=torch.float32, device=device) if need_grad else None
+    grad_dtype = stored_grad_dtype(inp.x.dtype)
+    grad = torch.empty(n, dtype=grad_dtype, device=device) if need_grad else None
     if n > 0:
         _ghm_c_loss_kernel[grid](
             inp.x,
@@ -342,7 +343,7 @@ def _ghm_c_launch(inp: GHMCInputs, per_bin: Tensor, need_grad: bool) -> tuple[Te
 
 
 class _TritonGHMCFunction(torch.autograd.Function):
-    """Forward runs the loss pass and keeps its fp32 gradient; backward scales it by
+    """Forward runs the loss pass and keeps its gradient; backward scales it by
     ``grad_output``. A second backward through a retained graph relaunches the pass. The
     targets and the per-bin weights are constants."""
 

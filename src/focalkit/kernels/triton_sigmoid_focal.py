@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._autograd import refuse_double_backward, stored_grad
+from .._autograd import refuse_double_backward, stored_grad, stored_grad_dtype
 from ._triton_math import log1p_small
 from .dispatch import outside_compiled_graph
 
@@ -47,7 +47,7 @@ def _sigmoid_focal_kernel(
     valid_ptr,  # dense integer targets: uint8 mask of the logits' shape (HAS_VALID)
     alpha_ptr,  # ALPHA_MODE 1: one value; 2: (C,)
     loss_ptr,  # REDUCE: (num_programs,) partial sums; else (n,) elementwise
-    grad_ptr,  # (n,) float32 (NEED_GRAD)
+    grad_ptr,  # (n,) float32, or bfloat16 for bfloat16 logits (NEED_GRAD)
     n,
     ignore_index,
     gamma,
@@ -126,7 +126,8 @@ def _launch(
     spec: TritonSigmoidSpec,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """Loss (fp32: 0-dim sum or the logits' shape) and gradient (fp32, logits' shape)."""
+    """Loss (fp32: 0-dim sum or the logits' shape) and gradient (logits' shape, in
+    :func:`~focalkit._autograd.stored_grad_dtype`)."""
     device = logits.device
     x = logits.contiguous().view(-1)
     n = x.numel()
@@ -139,7 +140,8 @@ def _launch(
     num_classes = logits.shape[-1] if divides and logits.dim() else 1
     grid = (triton.cdiv(n, BLOCK),)
     loss = torch.empty(grid[0] if spec.reduce_sum else n, dtype=torch.float32, device=device)
-    grad = torch.empty(n, dtype=torch.float32, device=device) if need_grad else None
+    grad_dtype = stored_grad_dtype(logits.dtype)
+    grad = torch.empty(n, dtype=grad_dtype, device=device) if need_grad else None
     if n > 0:
         _sigmoid_focal_kernel[grid](
             x,
@@ -166,7 +168,7 @@ def _launch(
 
 
 class _TritonSigmoidFocalFunction(torch.autograd.Function):
-    """Forward runs the kernel and keeps its fp32 gradient; backward scales it in place by
+    """Forward runs the kernel and keeps its gradient; backward scales it in place by
     ``grad_output`` (0-dim or elementwise). A second backward through a retained graph
     relaunches the kernel. Targets and alpha are constants."""
 

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._autograd import refuse_double_backward, stored_grad
+from .._autograd import refuse_double_backward, stored_grad, stored_grad_dtype
 from .dispatch import outside_compiled_graph
 
 __all__ = ["TritonSoftmaxSpec", "triton_softmax_focal"]
@@ -54,7 +54,7 @@ def _softmax_focal_kernel(
     alpha_ptr,  # ALPHA_MODE 1: one value (global scale); 2: (C,)
     loss_ptr,  # (M,) float32 per-row loss
     wy_ptr,  # (M,) float32 per-row w[y] (0 for ignored rows)
-    grad_ptr,  # (M, C) float32, contiguous (NEED_GRAD)
+    grad_ptr,  # (M, C) float32 (bfloat16 for bfloat16 logits), contiguous (NEED_GRAD)
     num_classes,
     stride_row,
     stride_col,
@@ -140,7 +140,8 @@ def _launch(
     spec: TritonSoftmaxSpec,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Per-row loss (M,) fp32, per-row w[y] (M,) fp32 and the gradient (M, C) fp32."""
+    """Per-row loss (M,) fp32, per-row w[y] (M,) fp32 and the gradient (M, C), in
+    :func:`~focalkit._autograd.stored_grad_dtype`."""
     device = logits.device
     rows, num_classes = logits.shape
     y = labels if labels.dtype in (torch.int32, torch.int64) else labels.long()
@@ -151,8 +152,8 @@ def _launch(
     loss = torch.zeros(rows, dtype=torch.float32, device=device)
     wy = torch.zeros(rows, dtype=torch.float32, device=device)
     grad = None
-    if need_grad:
-        grad = torch.zeros(rows, num_classes, dtype=torch.float32, device=device)
+    if need_grad:  # every entry is written (ignored rows get zeros): no memset pass
+        grad = torch.empty(rows, num_classes, dtype=stored_grad_dtype(logits.dtype), device=device)
     if rows > 0 and num_classes > 0:
         block = min(MAX_BLOCK, triton.next_power_of_2(num_classes))
         _softmax_focal_kernel[(rows,)](
