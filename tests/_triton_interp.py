@@ -43,28 +43,29 @@ def interpret(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
-def _run_backend(loss_fn, logits, targets, backend, **kw):
+def _run_backend(loss_fn, logits, targets, backend, scale, **kw):
     x = logits.detach().clone().requires_grad_(True)
     loss = loss_fn(x, targets, backend=backend, **kw)
     if kw.get("reduction") == "none":  # one grad_output per loss element, the same per backend
         grad_out = torch.rand(loss.shape, generator=torch.Generator().manual_seed(1))
         grad_out = grad_out.to(logits.dtype)
-    else:
-        grad_out = torch.ones_like(loss)
+    else:  # 0-dim: the kernels skip it on the device where it is 1
+        grad_out = torch.full_like(loss, scale)
     loss.backward(grad_out)
     return loss.detach(), x.grad
 
 
-def compare_backends(loss_fn, logits, targets, **kw):
+def compare_backends(loss_fn, logits, targets, *, scale=1.0, **kw):
     """``loss_fn`` on the triton backend equals the torch backend in value, gradient, dtype and
-    shape, within :data:`TOL`; returns the triton loss and gradient."""
+    shape, within :data:`TOL` (``atol`` times ``scale``, the ``grad_output`` of a reduced
+    loss: a loss weight or loss scale); returns the triton loss and gradient."""
     rtol, atol = TOL[logits.dtype]
-    ref_loss, ref_grad = _run_backend(loss_fn, logits, targets, "torch", **kw)
-    loss, grad = _run_backend(loss_fn, logits, targets, "triton", **kw)
+    ref_loss, ref_grad = _run_backend(loss_fn, logits, targets, "torch", scale, **kw)
+    loss, grad = _run_backend(loss_fn, logits, targets, "triton", scale, **kw)
     assert loss.dtype == ref_loss.dtype and loss.shape == ref_loss.shape
     assert grad.dtype == ref_grad.dtype and grad.shape == ref_grad.shape
     torch.testing.assert_close(loss.float(), ref_loss.float(), rtol=rtol, atol=atol)
-    torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=rtol, atol=atol * scale)
     return loss, grad
 
 

@@ -175,6 +175,19 @@ def test_sigmoid_kernel_peak_memory(dtype):
     assert x.grad.dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("go", [1.0, 0.37, 2.0**16, float("nan")])
+def test_scale_unless_one_equals_mul(dtype, go):
+    """The backward's device-side scale is ``mul_`` by the float32 scalar, bit for bit
+    (float32 to bfloat16 rounds to nearest even on the GPU, as in torch)."""
+    from focalkit.kernels.triton_scale import scale_unless_one
+
+    g = torch.randn(BOXES, device=DEVICE).to(dtype)
+    go_t = torch.tensor(go, device=DEVICE)
+    expected = (g.float() * go_t).to(dtype)
+    torch.testing.assert_close(scale_unless_one(g, go_t), expected, rtol=0, atol=0, equal_nan=True)
+
+
 def test_sigmoid_kernel_beyond_int32_offsets():
     """2**31 + 64 * 5 bf16 logits, all zero, class-index targets: every element has
     p = 1/2, so its loss is a_t 2^-g log 2 and its gradient +-a_t 2^-g (1/2 + g/2 log 2).

@@ -91,8 +91,15 @@ HUGE = {
     "_ghm_r_loss_kernel": ("n",),
     "_box_kernel": ("n",),
     "_atan_kernel": ("n",),
+    "_scale_kernel": ("n",),
 }
-MODULES = ("triton_sigmoid_focal", "triton_softmax_focal", "triton_ghm", "triton_box")
+MODULES = (
+    "triton_sigmoid_focal",
+    "triton_softmax_focal",
+    "triton_ghm",
+    "triton_box",
+    "triton_scale",
+)
 
 # every value of every constexpr that the wrappers can pass (on a CUDA device); CLASS_COUNT,
 # ROW_LENGTH: the cases' class counts / row lengths where the kernel divides by them, else 1
@@ -152,6 +159,7 @@ CONSTEXPRS = {
     },
     "_box_kernel": {"KIND": tuple(range(7)), "NEED_GRAD": _B, "BLOCK": (256,)},
     "_atan_kernel": {"BLOCK": (1024,)},
+    "_scale_kernel": {"BLOCK": (1024,)},
 }
 # kernels whose PTX must not divide in 64 bits (C is the constexpr NUM_CLASSES, K ROW_LEN)
 NO_DIV64 = (
@@ -263,6 +271,7 @@ CASES = {
         }
     ),
     "atan": _pairwise({"dtype": ("fp32", "bf16"), "size": ("small", "huge")}),
+    "scale": _pairwise({"dtype": ("fp32", "bf16"), "size": ("small", "huge")}),
 }
 
 
@@ -412,6 +421,12 @@ def _atan(case: dict) -> None:
     triton_atan(torch.randn(37).to(DTYPES[case["dtype"]]))
 
 
+def _scale(case: dict) -> None:
+    from focalkit.kernels.triton_scale import scale_unless_one  # the child only
+
+    scale_unless_one(torch.randn(37).to(DTYPES[case["dtype"]]), torch.tensor(0.5))
+
+
 CALLS = {
     "sigmoid": _sigmoid,
     "softmax": _softmax,
@@ -419,6 +434,7 @@ CALLS = {
     "ghm_r": _ghm_r,
     "box": _box,
     "atan": _atan,
+    "scale": _scale,
 }
 
 
@@ -676,7 +692,7 @@ def test_compiles_for_sm90_without_spills(family, case, child, tmp_path):
 
 
 def test_every_kernel_is_listed(child):
-    """HUGE and CONSTEXPRS name every ``*_kernel`` of the four modules."""
+    """HUGE and CONSTEXPRS name every ``*_kernel`` of the kernel modules (MODULES)."""
     assert sorted(child.hello["kernels"]) == sorted(HUGE) == sorted(CONSTEXPRS)
 
 

@@ -339,6 +339,19 @@ def test_retained_graph_second_backward():
         torch.testing.assert_close(x.grad, first)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("scale", [1.0, 0.37, 2.0**12])
+def test_ghm_c_mean_in_the_weights_and_any_grad_output(dtype, reduction, scale):
+    """The mean's 1 / N_valid is folded into the per-bin weights and grad_output is applied
+    on the device (skipped at 1): equal to the torch backend for ``loss.backward()``, a loss
+    weight and a large loss scale, with ignored rows."""
+    gen = _gen(16)
+    logits = torch.randn(12, 5, generator=gen).to(dtype)
+    targets = sigmoid_targets("index", (12, 5), gen)
+    _ghm_c(logits, targets, bins=6, reduction=reduction, scale=scale)
+
+
 def test_double_backward_is_refused():
     """The kernels' gradient is formed in forward: create_graph=True raises (GHM-R names the
     torch backend, whose second derivative is exact) instead of a silently zero one."""

@@ -21,6 +21,7 @@ from _triton_interp import (  # noqa: F401 (interpret: autouse fixture)
 from focalkit.kernels import dispatch, resolve_backend
 
 import_kernel("focalkit.kernels.triton_sigmoid_focal")
+triton_scale = import_kernel("focalkit.kernels.triton_scale")
 
 pytestmark = pytest.mark.triton
 
@@ -164,6 +165,45 @@ def test_float16_gradient_survives_a_loss_scale():
         loss = fk.sigmoid_focal_loss(z, y, reduction="sum", backend=backend)
         (grad,) = torch.autograd.grad(loss, z, torch.tensor(scale, dtype=torch.float16))
         torch.testing.assert_close(grad.double(), ref.grad * scale, rtol=2e-3, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("go", [1.0, 0.37, 2.0**16, 0.0, -1.0, float("inf"), float("nan")])
+def test_scale_unless_one_is_mul_in_float32(dtype, go):
+    """The device-side scale equals ``mul_`` by the float32 scalar, NaN and inf included; at
+    exactly 1 the gradient is left as it is. (Triton's interpreter rounds float32 to bfloat16
+    by truncation, the GPU to nearest even as torch does: within one bfloat16 step here,
+    exact in ``test_cuda.py``.)"""
+    g = torch.randn(3001, generator=torch.Generator().manual_seed(7)).to(dtype)
+    g[:3] = torch.tensor([float("nan"), 0.0, -0.0])
+    expected = (g.float() * torch.tensor(go)).to(dtype)
+    out = triton_scale.scale_unless_one(g.clone(), torch.tensor(go))
+    rtol = 2.0**-7 if dtype == torch.bfloat16 and go != 1.0 else 0.0
+    torch.testing.assert_close(out, expected, rtol=rtol, atol=0, equal_nan=True)
+    assert torch.equal(out[1:3].float().sign(), expected[1:3].float().sign())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "reduction_kw",
+    [
+        {"reduction": "mean"},
+        {"reduction": "sum"},
+        {"normalizer": 7.0},
+        {"normalizer": torch.tensor(3)},
+        {"normalizer": 0.0},
+    ],
+    ids=["mean", "sum", "norm_float", "norm_tensor", "norm_zero"],
+)
+@pytest.mark.parametrize("scale", [1.0, 0.37, 2.0**12])
+def test_reduction_in_the_kernel_and_any_grad_output(dtype, reduction_kw, scale):
+    """The reduction's 1 / N is folded into the kernel's gradient and grad_output is applied
+    on the device (skipped at 1): values and gradients equal the torch backend for
+    ``loss.backward()``, a loss weight and a large loss scale, with ignored rows."""
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(11, 6, generator=gen).to(dtype)
+    labels = sigmoid_targets("index", (11, 6), gen)
+    compare_backends(fk.sigmoid_focal_loss, logits, labels, scale=scale, **reduction_kw)
 
 
 def test_unsupported_options_fall_back_or_raise():

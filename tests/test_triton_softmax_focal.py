@@ -214,3 +214,47 @@ def test_auto_uses_kernel_only_under_interpreter(monkeypatch):
     fk.softmax_focal_loss(logits, targets)
     fk.SoftmaxFocalLoss()(logits, targets)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"reduction": "sum"},
+        {"weight": "w"},
+        {"weight": "w", "alpha": "a"},
+        {"normalizer": torch.tensor(5)},
+        {"normalizer": 0.0},
+    ],
+    ids=["mean", "sum", "weight_mean", "weight_alpha_c", "norm_tensor", "norm_zero"],
+)
+@pytest.mark.parametrize("scale", [1.0, 0.37, 2.0**12])
+def test_reduction_in_the_kernel_and_any_grad_output(dtype, kw, scale):
+    """The mean's 1 / sum w[y] (computed from the labels before the kernel) or 1 / normalizer
+    is folded into the kernel's gradient and grad_output is applied on the device: values and
+    gradients equal the torch backend for ``loss.backward()``, a loss weight and a large loss
+    scale, with ignored rows and class weights."""
+    gen = torch.Generator().manual_seed(9)
+    logits = torch.randn(13, 7, generator=gen).to(dtype)
+    labels = _labels((13,), 7, gen)
+    kw = dict(kw)
+    if kw.get("weight") == "w":
+        kw["weight"] = torch.rand(7, generator=gen) + 0.5
+    if kw.get("alpha") == "a":
+        kw["alpha"] = torch.rand(7, generator=gen)
+    _compare(logits, labels, scale=scale, **kw)
+
+
+def test_index_denominator_is_cross_entropy_s():
+    """The mean's denominator from the labels equals F.cross_entropy's sum of w[y] over the
+    non-ignored rows (checked through the weighted mean)."""
+    gen = torch.Generator().manual_seed(10)
+    labels = _labels((40,), 6, gen)
+    w = torch.rand(6, generator=gen)
+    got = tsf.index_denominator(labels, w, 6, -100)
+    x = torch.zeros(40, 6)
+    ce_sum = F.cross_entropy(x, labels, weight=w, reduction="sum")
+    ce_mean = F.cross_entropy(x, labels, weight=w)
+    torch.testing.assert_close(got, ce_sum / ce_mean)
+    assert tsf.index_denominator(labels, None, 6, -100) == (labels != -100).sum()

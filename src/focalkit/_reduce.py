@@ -23,6 +23,31 @@ def normalize(total: Tensor, normalizer: float | Tensor) -> Tensor:
     return total / max(float(normalizer), 1.0)
 
 
+def reduction_scale(
+    reduction: str,
+    *,
+    normalizer: float | Tensor | None = None,
+    denominator: float | Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """The factor (0-dim float32 on ``device``) that :func:`finish` divides a sum by, as a
+    reciprocal: 1 for ``"sum"`` (and ``"none"``), ``1 / max(normalizer, 1)``, or
+    ``1 / denominator`` with a zero denominator read as 1. Kernels that store their gradient
+    in forward multiply it in, so that ``grad_output`` is 1 after a plain ``backward()``."""
+    if reduction != "mean":
+        return torch.ones((), dtype=torch.float32, device=device)
+    if normalizer is not None:
+        if isinstance(normalizer, Tensor):
+            norm = normalizer.detach().to(device=device, dtype=torch.float32).reshape(())
+            return norm.clamp(min=1).reciprocal()
+        return torch.full((), 1.0 / max(float(normalizer), 1.0), dtype=torch.float32, device=device)
+    if isinstance(denominator, Tensor):
+        d = denominator.detach().to(device=device, dtype=torch.float32).reshape(())
+        return torch.where(d == 0, torch.ones_like(d), d).reciprocal()
+    d = 1.0 if denominator is None else float(denominator)
+    return torch.full((), 1.0 / (d if d != 0 else 1.0), dtype=torch.float32, device=device)
+
+
 def finish(
     total: Tensor,
     reduction: str,

@@ -33,7 +33,7 @@ from .._checks import (
     check_values_in_unit_interval,
 )
 from .._compat import compute_dtype, is_compiling, may_read_values, output_dtype
-from .._reduce import finish
+from .._reduce import finish, reduction_scale
 from ..kernels.dispatch import resolve_backend
 from ._targets import SigmoidTargets, parse_sigmoid_targets
 
@@ -677,18 +677,25 @@ def sigmoid_focal_loss(
             from ..kernels.triton_sigmoid_focal import TritonSigmoidSpec, triton_sigmoid_focal
 
             tspec = TritonSigmoidSpec(gamma, spec.reduce_sum, parsed.is_index, ignore_index)
-            loss = triton_sigmoid_focal(
-                logits, target, None if parsed.is_index else valid, alpha_pos, tspec
-            )
-        else:
-            loss = _SigmoidFocalFunction.apply(logits, target, valid, weight, alpha_pos, spec)
-        if reduction != "none":
-            loss = finish(
-                loss,
+            # the reduction is folded into the kernel's gradient (see kernels/triton_scale.py)
+            inv = reduction_scale(
                 reduction,
                 normalizer=normalizer,
                 denominator=parsed.valid_count(logits.numel()),
+                device=logits.device,
             )
+            loss = triton_sigmoid_focal(
+                logits, target, None if parsed.is_index else valid, alpha_pos, tspec, inv
+            )
+        else:
+            loss = _SigmoidFocalFunction.apply(logits, target, valid, weight, alpha_pos, spec)
+            if reduction != "none":
+                loss = finish(
+                    loss,
+                    reduction,
+                    normalizer=normalizer,
+                    denominator=parsed.valid_count(logits.numel()),
+                )
     return loss.to(out_dtype)
 
 
@@ -1018,20 +1025,31 @@ def softmax_focal_loss(
     use_triton = resolve_backend(backend, logits, unsupported=unsupported) == "triton"
     with torch.autocast(logits.device.type, enabled=False):
         if use_triton:
-            from ..kernels.triton_softmax_focal import TritonSoftmaxSpec, triton_softmax_focal
+            from ..kernels.triton_softmax_focal import (
+                TritonSoftmaxSpec,
+                index_denominator,
+                triton_softmax_focal,
+            )
 
             tspec = TritonSoftmaxSpec(gamma, spec.reduce_sum, ignore_index)
-            loss, denominator = triton_softmax_focal(
-                _channel_last(logits), flat_target, weight, alpha_t, tspec
+            denominator = None
+            if reduction == "mean" and normalizer is None:
+                denominator = index_denominator(flat_target, weight, num_classes, ignore_index)
+            # the reduction is folded into the kernel's gradient (see kernels/triton_scale.py)
+            inv = reduction_scale(
+                reduction, normalizer=normalizer, denominator=denominator, device=logits.device
+            )
+            loss = triton_softmax_focal(
+                _channel_last(logits), flat_target, weight, alpha_t, tspec, inv
             )
         else:
             loss, denominator = _SoftmaxFocalFunction.apply(
                 _channel_last(logits), flat_target, weight, alpha_t, spec
             )
+            if reduction != "none":
+                loss = finish(loss, reduction, normalizer=normalizer, denominator=denominator)
         if reduction == "none":
             loss = loss.reshape(index_shape)
-        else:
-            loss = finish(loss, reduction, normalizer=normalizer, denominator=denominator)
     return loss.to(out_dtype)
 
 

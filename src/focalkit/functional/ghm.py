@@ -278,10 +278,12 @@ def ghm_c_forward(
     out_dtype = output_dtype(logits)
     cdtype = compute_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
-        if use_triton:
-            loss, n_valid = _ghm_c_triton(
+        if use_triton:  # the mean is folded into the kernel's weights: the loss is final
+            loss = _ghm_c_triton(
                 logits, parsed, keep, bins, ignore_index, reduction, world, ema, momentum, update
             )
+            if reduction == "none":
+                loss = loss.reshape(logits.shape)
         else:
             y, parsed_keep = parsed.to_dense(logits.shape, cdtype)
             if parsed_keep is not None:
@@ -293,10 +295,10 @@ def ghm_c_forward(
                 index, counts = _bin_pass(x.detach(), y, keep, bins)
                 per_bin, n_valid = _harmonize(counts, counts.sum(), world, ema, momentum, update)
             loss = _WeightedBCE.apply(x, y, index, per_bin.to(cdtype), reduction != "none")
-        if reduction == "none":
-            loss = loss.reshape(logits.shape)
-        else:
-            loss = finish(loss, reduction, denominator=n_valid / world)
+            if reduction == "none":
+                loss = loss.reshape(logits.shape)
+            else:
+                loss = finish(loss, reduction, denominator=n_valid / world)
     return loss.to(out_dtype)
 
 
@@ -312,10 +314,12 @@ def _ghm_c_triton(
     ema: Tensor | None,
     momentum: float,
     update: bool,
-) -> tuple[Tensor, Tensor]:
-    """The weighted BCE (float32: summed, or the logits' shape) and ``N_valid`` on the Triton
-    kernels. Class-index targets stay labels (rows with ``ignore_index`` dropped in the
-    kernel); integer dense targets bring their mask."""
+) -> Tensor:
+    """GHM-C on the Triton kernels (float32: the reduced loss, or the elementwise one).
+    Class-index targets stay labels (rows with ``ignore_index`` dropped in the kernel);
+    integer dense targets bring their mask. The mean's ``1 / N_valid`` multiplies the
+    per-bin weights, so the kernel's stored gradient is final and ``grad_output`` is 1 after
+    a plain ``backward()`` (see :mod:`focalkit.kernels.triton_scale`)."""
     from ..kernels.triton_ghm import ghm_c_histogram, ghm_c_inputs, triton_ghm_c
 
     if parsed.is_index:
@@ -336,7 +340,9 @@ def _ghm_c_triton(
     with torch.no_grad():
         counts = ghm_c_histogram(inp)
         per_bin, n_valid = _harmonize(counts, counts.sum(), world, ema, momentum, update)
-    return triton_ghm_c(logits, inp, per_bin), n_valid
+        if reduction == "mean":  # N_valid >= 1 (clamped), float64
+            per_bin = per_bin * (world / n_valid)
+    return triton_ghm_c(logits, inp, per_bin)
 
 
 def ghm_c_loss(

@@ -33,6 +33,7 @@ from torch import Tensor
 from .._autograd import refuse_double_backward, stored_grad, stored_grad_dtype
 from ._triton_math import log1p_small
 from .dispatch import outside_compiled_graph
+from .triton_scale import scale_unless_one
 
 __all__ = ["TritonSigmoidSpec", "triton_sigmoid_focal"]
 
@@ -48,6 +49,7 @@ def _sigmoid_focal_kernel(
     alpha_ptr,  # ALPHA_MODE 1: one value; 2: (C,)
     loss_ptr,  # REDUCE: (num_programs,) partial sums; else (n,) elementwise
     grad_ptr,  # (n,) float32, or bfloat16 for bfloat16 logits (NEED_GRAD)
+    inv_ptr,  # 0-dim float32: the reduction's 1 / N (or 1 / normalizer; 1 for sum / none)
     n,
     ignore_index,
     gamma,
@@ -108,7 +110,8 @@ def _sigmoid_focal_kernel(
     else:
         tl.store(loss_ptr + offs, loss, mask=mask)
     if NEED_GRAD:
-        tl.store(grad_ptr + offs, grad * scale, mask=mask)
+        inv = tl.load(inv_ptr)
+        tl.store(grad_ptr + offs, grad * (scale * inv), mask=mask)
 
 
 class TritonSigmoidSpec(NamedTuple):
@@ -123,6 +126,7 @@ def _launch(
     target: Tensor,
     valid: Tensor | None,
     alpha_pos: Tensor | None,
+    inv: Tensor,
     spec: TritonSigmoidSpec,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
@@ -150,6 +154,7 @@ def _launch(
             x if alpha is None else alpha,
             loss,
             x if grad is None else grad,
+            inv,
             n,
             spec.ignore_index,
             float(spec.gamma),
@@ -163,30 +168,36 @@ def _launch(
             BLOCK=BLOCK,
             enable_fp_fusion=True,  # FMA contraction: compared to torch within TOL, not bit-exactly
         )
-    loss = loss.sum() if spec.reduce_sum else loss.view(logits.shape)
+    loss = loss.sum() * inv if spec.reduce_sum else loss.view(logits.shape)
     return loss, (None if grad is None else grad.view(logits.shape))
 
 
 class _TritonSigmoidFocalFunction(torch.autograd.Function):
-    """Forward runs the kernel and keeps its gradient; backward scales it in place by
-    ``grad_output`` (0-dim or elementwise). A second backward through a retained graph
-    relaunches the kernel. Targets and alpha are constants."""
+    """Forward runs the kernel and keeps its gradient, already multiplied by the reduction's
+    ``inv``; backward scales it in place by ``grad_output`` (elementwise, or 0-dim on the
+    device, skipped there when it is 1: :func:`~focalkit.kernels.triton_scale.scale_unless_one`).
+    A second backward through a retained graph relaunches the kernel. Targets, alpha and
+    ``inv`` are constants."""
 
     @staticmethod
-    def forward(ctx, logits, target, valid, alpha_pos, spec: TritonSigmoidSpec):
+    def forward(ctx, logits, target, valid, alpha_pos, inv, spec: TritonSigmoidSpec):
         need_grad = ctx.needs_input_grad[0]
-        loss, grad = _launch(logits, target, valid, alpha_pos, spec, need_grad)
+        loss, grad = _launch(logits, target, valid, alpha_pos, inv, spec, need_grad)
         ctx.spec = spec
         ctx.logits_dtype = logits.dtype
         ctx.grad = grad
-        ctx.save_for_backward(logits, target, valid, alpha_pos)
+        ctx.save_for_backward(logits, target, valid, alpha_pos, inv)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         refuse_double_backward("focalkit focal losses")
         grad = stored_grad(ctx, lambda: _launch(*ctx.saved_tensors, ctx.spec, True)[1])
-        return grad.mul_(grad_output).to(ctx.logits_dtype), None, None, None, None
+        if grad_output.dim() == 0:
+            grad = scale_unless_one(grad, grad_output)
+        else:
+            grad = grad.mul_(grad_output)
+        return grad.to(ctx.logits_dtype), None, None, None, None, None
 
 
 @outside_compiled_graph
@@ -196,8 +207,11 @@ def triton_sigmoid_focal(
     valid: Tensor | None,
     alpha_pos: Tensor | None,
     spec: TritonSigmoidSpec,
+    inv: Tensor,
 ) -> Tensor:
     """Sigmoid focal loss on the Triton kernel, with parsed targets (see ``_targets.py``):
     ``target`` is the dense targets (``valid`` their mask or None) or the int64 labels
-    (``valid`` unused). Returns the fp32 sum (``spec.reduce_sum``) or elementwise loss."""
-    return _TritonSigmoidFocalFunction.apply(logits, target, valid, alpha_pos, spec)
+    (``valid`` unused). Returns the fp32 sum times ``inv`` (0-dim float32, the reduction's
+    :func:`~focalkit._reduce.reduction_scale`; ``spec.reduce_sum``) or the elementwise loss
+    (``inv`` is then 1)."""
+    return _TritonSigmoidFocalFunction.apply(logits, target, valid, alpha_pos, inv, spec)

@@ -5,14 +5,14 @@ row of the channel-last ``(M, C)`` logits. Pass 1 runs an online softmax over ``
 (running max ``m``, ``d = sum exp(x - m)`` and ``d_other``, the same sum without the target
 column, all float32) and reads ``x[y]``; then ``q = 1 - p_t = d_other / d`` is exact even where
 ``p_t -> 1``. Pass 2 writes the gradient row ``u G (p_j - [j = y])``; nothing else of size
-``(M, C)`` is allocated. Per row the kernel writes the loss and ``w[y]`` (the mean denominator,
-summed on the device: no host sync) to ``(M,)`` float32 buffers.
+``(M, C)`` is allocated. Per row the kernel writes the loss to an ``(M,)`` float32 buffer.
 
 Same formulas as ``_softmax_focal_terms`` in :mod:`focalkit.functional.focal`:
 ``ell = -(1 - p_t)^g log p_t``, ``G = (1 - p_t)^g (1 - g p_t log(p_t) / (1 - p_t))`` with the
-ratio -> -1 as ``p_t -> 1``; ``u = [y != ignore] w[y] alpha_t``. The gradient is stored in
-**float32** and backward only scales it by ``grad_output`` (then casts to the logits' dtype,
-like the torch path).
+ratio -> -1 as ``p_t -> 1``; ``u = [y != ignore] w[y] alpha_t``. The gradient is stored
+already multiplied by the reduction's ``1 / sum w[y]`` (or ``1 / normalizer``), in
+:func:`~focalkit._autograd.stored_grad_dtype`, and backward only applies ``grad_output``: on
+the device, skipped where it is 1 (:mod:`focalkit.kernels.triton_scale`).
 
 Supported: class-index targets (any integer dtype; int32/int64 read directly) with
 ``ignore_index``, per-class ``weight`` ``(C,)``, ``alpha`` None / scalar (global scale) /
@@ -31,8 +31,9 @@ from torch import Tensor
 
 from .._autograd import refuse_double_backward, stored_grad, stored_grad_dtype
 from .dispatch import outside_compiled_graph
+from .triton_scale import scale_unless_one
 
-__all__ = ["TritonSoftmaxSpec", "triton_softmax_focal"]
+__all__ = ["TritonSoftmaxSpec", "index_denominator", "triton_softmax_focal"]
 
 MAX_BLOCK = 4096  # columns per block of the online softmax (read at launch time)
 _TINY = tl.constexpr(1e-30)  # a global a @triton.jit body may read
@@ -53,7 +54,7 @@ def _softmax_focal_kernel(
     w_ptr,  # (C,) float32 class weight (HAS_WEIGHT)
     alpha_ptr,  # ALPHA_MODE 1: one value (global scale); 2: (C,)
     loss_ptr,  # (M,) float32 per-row loss
-    wy_ptr,  # (M,) float32 per-row w[y] (0 for ignored rows)
+    inv_ptr,  # 0-dim float32: the reduction's 1 / sum w[y] (or 1 / normalizer; 1 for sum)
     grad_ptr,  # (M, C) float32 (bfloat16 for bfloat16 logits), contiguous (NEED_GRAD)
     num_classes,
     stride_row,
@@ -110,11 +111,10 @@ def _softmax_focal_kernel(
     if ALPHA_MODE == 2:
         u = u * tl.load(alpha_ptr + safe).to(tl.float32)
     tl.store(loss_ptr + row, ell * u)
-    tl.store(wy_ptr + row, wy)
 
     if NEED_GRAD:
-        # pass 2: grad_j = u G (p_j - [j = y])
-        uG = u * G
+        # pass 2: grad_j = u G (p_j - [j = y]), times the reduction's 1 / N
+        uG = u * G * tl.load(inv_ptr)
         inv_d = 1.0 / d
         g_row = grad_ptr + row * num_classes
         for start in range(0, num_classes, BLOCK):
@@ -137,10 +137,11 @@ def _launch(
     labels: Tensor,
     class_weight: Tensor | None,
     alpha: Tensor | None,
+    inv: Tensor,
     spec: TritonSoftmaxSpec,
     need_grad: bool,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Per-row loss (M,) fp32, per-row w[y] (M,) fp32 and the gradient (M, C), in
+) -> tuple[Tensor, Tensor | None]:
+    """Per-row loss (M,) fp32 and the gradient (M, C) times ``inv``, in
     :func:`~focalkit._autograd.stored_grad_dtype`."""
     device = logits.device
     rows, num_classes = logits.shape
@@ -150,7 +151,6 @@ def _launch(
     alpha_mode = 0 if alpha is None else (1 if alpha.dim() == 0 else 2)
     a = None if alpha is None else alpha.to(torch.float32).contiguous()
     loss = torch.zeros(rows, dtype=torch.float32, device=device)
-    wy = torch.zeros(rows, dtype=torch.float32, device=device)
     grad = None
     if need_grad:  # every entry is written (ignored rows get zeros): no memset pass
         grad = torch.empty(rows, num_classes, dtype=stored_grad_dtype(logits.dtype), device=device)
@@ -162,7 +162,7 @@ def _launch(
             loss if w is None else w,  # unused pointer placeholders keep one signature
             loss if a is None else a,
             loss,
-            wy,
+            inv,
             loss if grad is None else grad,
             num_classes,
             logits.stride(0),
@@ -176,35 +176,35 @@ def _launch(
             BLOCK=block,
             enable_fp_fusion=True,  # FMA contraction: compared to torch within TOL, not bit-exactly
         )
-    return loss, wy, grad
+    return loss, grad
 
 
 class _TritonSoftmaxFocalFunction(torch.autograd.Function):
-    """Forward runs the kernel and keeps its fp32 gradient; backward scales it in place by
-    ``grad_output`` (0-dim or per row). A second backward through a retained graph relaunches
-    the kernel. Returns ``(loss, denominator)`` like ``_SoftmaxFocalFunction``."""
+    """Forward runs the kernel and keeps its gradient (times ``inv``); backward applies
+    ``grad_output`` in place: per row, or 0-dim on the device, skipped where it is 1. A second
+    backward through a retained graph relaunches the kernel."""
 
     @staticmethod
-    def forward(ctx, logits, labels, class_weight, alpha, spec: TritonSoftmaxSpec):
+    def forward(ctx, logits, labels, class_weight, alpha, inv, spec: TritonSoftmaxSpec):
         need_grad = ctx.needs_input_grad[0]
-        loss, wy, grad = _launch(logits, labels, class_weight, alpha, spec, need_grad)
-        denominator = wy.sum()
+        loss, grad = _launch(logits, labels, class_weight, alpha, inv, spec, need_grad)
         if spec.reduce_sum:
-            loss = loss.sum()
+            loss = loss.sum() * inv
         ctx.spec = spec
         ctx.logits_dtype = logits.dtype
         ctx.grad = grad
-        ctx.save_for_backward(logits, labels, class_weight, alpha)
-        ctx.mark_non_differentiable(denominator)
-        return loss, denominator
+        ctx.save_for_backward(logits, labels, class_weight, alpha, inv)
+        return loss
 
     @staticmethod
-    def backward(ctx, grad_output, _grad_denominator):
+    def backward(ctx, grad_output):
         refuse_double_backward("focalkit focal losses")
-        grad = stored_grad(ctx, lambda: _launch(*ctx.saved_tensors, ctx.spec, True)[2])
-        if not ctx.spec.reduce_sum:
-            grad_output = grad_output.unsqueeze(-1)
-        return grad.mul_(grad_output).to(ctx.logits_dtype), None, None, None, None
+        grad = stored_grad(ctx, lambda: _launch(*ctx.saved_tensors, ctx.spec, True)[1])
+        if ctx.spec.reduce_sum:
+            grad = scale_unless_one(grad, grad_output)
+        else:
+            grad = grad.mul_(grad_output.unsqueeze(-1))
+        return grad.to(ctx.logits_dtype), None, None, None, None, None
 
 
 @outside_compiled_graph
@@ -214,8 +214,24 @@ def triton_softmax_focal(
     class_weight: Tensor | None,
     alpha: Tensor | None,
     spec: TritonSoftmaxSpec,
-) -> tuple[Tensor, Tensor]:
+    inv: Tensor,
+) -> Tensor:
     """Softmax focal loss on the Triton kernel for channel-last ``(M, C)`` logits and ``(M,)``
-    class indices. Returns ``(loss, denominator)``: the fp32 sum (``spec.reduce_sum``) or the
-    per-row loss, and the sum of ``w[y]`` over non-ignored rows (fp32, 0-dim)."""
-    return _TritonSoftmaxFocalFunction.apply(logits, labels, class_weight, alpha, spec)
+    class indices: the fp32 sum times ``inv`` (0-dim float32, the reduction's
+    :func:`~focalkit._reduce.reduction_scale`; ``spec.reduce_sum``) or the per-row loss
+    (``inv`` is then 1)."""
+    return _TritonSoftmaxFocalFunction.apply(logits, labels, class_weight, alpha, inv, spec)
+
+
+def index_denominator(
+    labels: Tensor, class_weight: Tensor | None, num_classes: int, ignore_index: int
+) -> Tensor:
+    """``sum w[y]`` over the rows the kernel counts (``0 <= y < C``, ``y != ignore_index``;
+    ``w = 1`` without ``class_weight``): the mean's denominator, as in ``F.cross_entropy``,
+    float32 on the labels' device (a pass over the ``(M,)`` labels, no host sync)."""
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+    if class_weight is None:
+        return valid.sum(dtype=torch.float32)
+    safe = torch.where(valid, labels, 0).long()
+    w_y = class_weight.to(torch.float32).take(safe)
+    return torch.where(valid, w_y, 0.0).sum()
