@@ -261,6 +261,31 @@ def test_normalizer(normalizer, target_kind):
     _assert_close(got, summed / max(ref_norm, 1.0), F32)
 
 
+@pytest.mark.parametrize(
+    ("reduction", "kw"),
+    [
+        ("sum", {"denominator": 7}),
+        ("mean", {"denominator": 7}),
+        ("mean", {"denominator": 0}),
+        ("mean", {"denominator": torch.tensor(12)}),
+        ("mean", {"denominator": torch.tensor(0.0)}),
+        ("mean", {"normalizer": 3.0}),
+        ("mean", {"normalizer": 0.25}),
+        ("mean", {"normalizer": torch.tensor(5)}),
+        ("mean", {"normalizer": torch.tensor(0)}),
+    ],
+)
+def test_reduction_scale_is_the_reciprocal_finish_divides_by(reduction, kw):
+    """The Triton paths multiply by reduction_scale where the torch paths call finish: the
+    same reduction (zero denominators read as 1, normalizers clamped to >= 1)."""
+    from focalkit._reduce import finish, reduction_scale
+
+    total = torch.tensor(10.5)
+    got = total * reduction_scale(reduction, **kw)
+    # one rounding more (the reciprocal): within 2 float32 ulps
+    torch.testing.assert_close(got, finish(total, reduction, **kw), rtol=2.4e-7, atol=0)
+
+
 def test_normalizer_tensor_requires_no_grad_path():
     """A normalizer tensor that requires grad is treated as a constant (no grad flows to it)."""
     x = torch.randn(4, 3, requires_grad=True)

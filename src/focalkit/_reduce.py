@@ -37,11 +37,12 @@ def reduction_scale(
     if reduction != "mean":
         return torch.ones((), dtype=torch.float32, device=device)
     if normalizer is not None:
-        if isinstance(normalizer, Tensor):
+        # a CPU tensor's value is read on the host (free, unlike a copy to the device)
+        if isinstance(normalizer, Tensor) and normalizer.device.type != "cpu":
             norm = normalizer.detach().to(device=device, dtype=torch.float32).reshape(())
             return norm.clamp(min=1).reciprocal()
         return torch.full((), 1.0 / max(float(normalizer), 1.0), dtype=torch.float32, device=device)
-    if isinstance(denominator, Tensor):
+    if isinstance(denominator, Tensor) and denominator.device.type != "cpu":
         d = denominator.detach().to(device=device, dtype=torch.float32).reshape(())
         return torch.where(d == 0, torch.ones_like(d), d).reciprocal()
     d = 1.0 if denominator is None else float(denominator)
