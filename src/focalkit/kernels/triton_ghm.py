@@ -59,7 +59,7 @@ from triton.language.extra import libdevice
 
 from .._autograd import refuse_double_backward, stored_grad, stored_grad_dtype
 from ._triton_math import log1p_small
-from .triton_scale import scale_unless_one
+from .triton_scale import apply_grad_output
 
 __all__ = [
     "GHMCInputs",
@@ -360,10 +360,7 @@ class _TritonGHMCFunction(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor):
         refuse_double_backward("focalkit GHM-C losses")
         grad = stored_grad(ctx, lambda: _ghm_c_launch(ctx.inp, ctx.per_bin, True)[1])
-        if ctx.inp.reduce_sum:  # on the device, skipped where grad_output is 1
-            grad = scale_unless_one(grad, grad_output).view(ctx.shape)
-        else:
-            grad = grad.view(ctx.shape).mul_(grad_output)
+        grad = apply_grad_output(grad.view(ctx.shape), grad_output)
         return grad.to(ctx.dtype), None, None
 
 

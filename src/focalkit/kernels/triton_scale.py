@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["scale_unless_one"]
+__all__ = ["apply_grad_output", "scale_unless_one"]
 
 BLOCK = 1024  # elements per tile
 MAX_PROGRAMS = 4096  # programs (each walks several tiles): few empty ones when grad_output is 1
@@ -46,3 +46,13 @@ def scale_unless_one(grad: Tensor, grad_output: Tensor) -> Tensor:
             grad, go, n, BLOCK=BLOCK, enable_fp_fusion=True
         )
     return grad
+
+
+def apply_grad_output(grad: Tensor, grad_output: Tensor) -> Tensor:
+    """``grad`` times ``grad_output``, in place: a 0-dim ``grad_output`` (a reduced loss) by
+    :func:`scale_unless_one`, else elementwise, ``grad_output`` aligned with ``grad``'s leading
+    dimensions (per element, or per row of a per-row loss)."""
+    if grad_output.dim() == 0:
+        return scale_unless_one(grad, grad_output)
+    extra = grad.dim() - grad_output.dim()
+    return grad.mul_(grad_output.reshape(*grad_output.shape, *(1,) * extra))

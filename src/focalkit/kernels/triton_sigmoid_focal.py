@@ -33,7 +33,7 @@ from torch import Tensor
 from .._autograd import refuse_double_backward, stored_grad, stored_grad_dtype
 from ._triton_math import log1p_small
 from .dispatch import outside_compiled_graph
-from .triton_scale import scale_unless_one
+from .triton_scale import apply_grad_output
 
 __all__ = ["TritonSigmoidSpec", "triton_sigmoid_focal"]
 
@@ -175,7 +175,7 @@ def _launch(
 class _TritonSigmoidFocalFunction(torch.autograd.Function):
     """Forward runs the kernel and keeps its gradient, already multiplied by the reduction's
     ``inv``; backward scales it in place by ``grad_output`` (elementwise, or 0-dim on the
-    device, skipped there when it is 1: :func:`~focalkit.kernels.triton_scale.scale_unless_one`).
+    device, skipped there when it is 1: :func:`~focalkit.kernels.triton_scale.apply_grad_output`).
     A second backward through a retained graph relaunches the kernel. Targets, alpha and
     ``inv`` are constants."""
 
@@ -193,10 +193,7 @@ class _TritonSigmoidFocalFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         refuse_double_backward("focalkit focal losses")
         grad = stored_grad(ctx, lambda: _launch(*ctx.saved_tensors, ctx.spec, True)[1])
-        if grad_output.dim() == 0:
-            grad = scale_unless_one(grad, grad_output)
-        else:
-            grad = grad.mul_(grad_output)
+        grad = apply_grad_output(grad, grad_output)
         return grad.to(ctx.logits_dtype), None, None, None, None, None
 
 

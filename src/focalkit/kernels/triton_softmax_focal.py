@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .._autograd import refuse_double_backward, stored_grad, stored_grad_dtype
 from .dispatch import outside_compiled_graph
-from .triton_scale import scale_unless_one
+from .triton_scale import apply_grad_output
 
 __all__ = ["TritonSoftmaxSpec", "index_denominator", "triton_softmax_focal"]
 
@@ -200,10 +200,7 @@ class _TritonSoftmaxFocalFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         refuse_double_backward("focalkit focal losses")
         grad = stored_grad(ctx, lambda: _launch(*ctx.saved_tensors, ctx.spec, True)[1])
-        if ctx.spec.reduce_sum:
-            grad = scale_unless_one(grad, grad_output)
-        else:
-            grad = grad.mul_(grad_output.unsqueeze(-1))
+        grad = apply_grad_output(grad, grad_output)  # 0-dim, or one per row
         return grad.to(ctx.logits_dtype), None, None, None, None, None
 
 
