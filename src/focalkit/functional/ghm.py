@@ -282,8 +282,6 @@ def ghm_c_forward(
             loss = _ghm_c_triton(
                 logits, parsed, keep, bins, ignore_index, reduction, world, ema, momentum, update
             )
-            if reduction == "none":
-                loss = loss.reshape(logits.shape)
         else:
             y, parsed_keep = parsed.to_dense(logits.shape, cdtype)
             if parsed_keep is not None:
@@ -295,10 +293,10 @@ def ghm_c_forward(
                 index, counts = _bin_pass(x.detach(), y, keep, bins)
                 per_bin, n_valid = _harmonize(counts, counts.sum(), world, ema, momentum, update)
             loss = _WeightedBCE.apply(x, y, index, per_bin.to(cdtype), reduction != "none")
-            if reduction == "none":
-                loss = loss.reshape(logits.shape)
-            else:
+            if reduction != "none":
                 loss = finish(loss, reduction, denominator=n_valid / world)
+        if reduction == "none":
+            loss = loss.reshape(logits.shape)
     return loss.to(out_dtype)
 
 
