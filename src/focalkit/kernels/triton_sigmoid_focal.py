@@ -130,8 +130,8 @@ def _launch(
     spec: TritonSigmoidSpec,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """Loss (fp32: 0-dim sum or the logits' shape) and gradient (logits' shape, in
-    :func:`~focalkit._autograd.stored_grad_dtype`)."""
+    """Loss (fp32: the 0-dim sum times ``inv``, or the logits' shape) and gradient times
+    ``inv`` (logits' shape, in :func:`~focalkit._autograd.stored_grad_dtype`)."""
     device = logits.device
     x = logits.contiguous().view(-1)
     n = x.numel()
