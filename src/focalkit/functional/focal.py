@@ -732,6 +732,23 @@ class _SoftmaxSpec(NamedTuple):
     ignore_index: int
 
 
+def _weight_sum(valid: Tensor, safe: Tensor, class_weight: Tensor | None, dtype) -> Tensor:
+    """``sum w[y]`` over the ``valid`` rows (``w = 1`` without ``class_weight``; ``safe``: the
+    labels with invalid rows at 0): ``F.cross_entropy``'s mean denominator, in ``dtype``."""
+    if class_weight is None:
+        return valid.sum(dtype=dtype)
+    return (class_weight.to(dtype).take(safe) * valid).sum()
+
+
+def _index_denominator(
+    labels: Tensor, class_weight: Tensor | None, num_classes: int, ignore_index: int
+) -> Tensor:
+    """:func:`_weight_sum` (float32) over the rows the Triton kernel counts (``0 <= y < C``,
+    ``y != ignore_index``), taken from the ``(M,)`` labels before the kernel runs."""
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+    return _weight_sum(valid, torch.where(valid, labels, 0).long(), class_weight, torch.float32)
+
+
 def _softmax_forward(
     logits: Tensor,
     target: Tensor,
@@ -764,12 +781,7 @@ def _softmax_forward(
     if spec.index_form:
         valid = target != spec.ignore_index
         safe = torch.where(valid, target, 0).long().unsqueeze(-1)
-        w_y = (
-            torch.ones_like(x[:, 0])
-            if class_weight is None
-            else class_weight.to(cdtype)[safe.squeeze(-1)]
-        ) * valid
-        denominator = w_y.sum()  # F.cross_entropy: mean divides by the sum of w[y]
+        denominator = _weight_sum(valid, safe.squeeze(-1), class_weight, cdtype)
         if cpu_index:
             loss, grad = _softmax_index_chunks(
                 x, safe, valid, per_class_scale, global_alpha, spec.gamma, need_grad
@@ -1025,16 +1037,12 @@ def softmax_focal_loss(
     use_triton = resolve_backend(backend, logits, unsupported=unsupported) == "triton"
     with torch.autocast(logits.device.type, enabled=False):
         if use_triton:
-            from ..kernels.triton_softmax_focal import (
-                TritonSoftmaxSpec,
-                index_denominator,
-                triton_softmax_focal,
-            )
+            from ..kernels.triton_softmax_focal import TritonSoftmaxSpec, triton_softmax_focal
 
             tspec = TritonSoftmaxSpec(gamma, spec.reduce_sum, ignore_index)
             denominator = None
             if reduction == "mean" and normalizer is None:
-                denominator = index_denominator(flat_target, weight, num_classes, ignore_index)
+                denominator = _index_denominator(flat_target, weight, num_classes, ignore_index)
             # the reduction is folded into the kernel's gradient (see kernels/triton_scale.py)
             inv = reduction_scale(
                 reduction, normalizer=normalizer, denominator=denominator, device=logits.device

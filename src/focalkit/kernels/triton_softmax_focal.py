@@ -33,7 +33,7 @@ from .._autograd import refuse_double_backward, stored_grad, stored_grad_dtype
 from .dispatch import outside_compiled_graph
 from .triton_scale import apply_grad_output
 
-__all__ = ["TritonSoftmaxSpec", "index_denominator", "triton_softmax_focal"]
+__all__ = ["TritonSoftmaxSpec", "triton_softmax_focal"]
 
 MAX_BLOCK = 4096  # columns per block of the online softmax (read at launch time)
 _TINY = tl.constexpr(1e-30)  # a global a @triton.jit body may read
@@ -219,16 +219,3 @@ def triton_softmax_focal(
     (``inv`` is then 1)."""
     return _TritonSoftmaxFocalFunction.apply(logits, labels, class_weight, alpha, inv, spec)
 
-
-def index_denominator(
-    labels: Tensor, class_weight: Tensor | None, num_classes: int, ignore_index: int
-) -> Tensor:
-    """``sum w[y]`` over the rows the kernel counts (``0 <= y < C``, ``y != ignore_index``;
-    ``w = 1`` without ``class_weight``): the mean's denominator, as in ``F.cross_entropy``,
-    float32 on the labels' device (a pass over the ``(M,)`` labels, no host sync)."""
-    valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
-    if class_weight is None:
-        return valid.sum(dtype=torch.float32)
-    safe = torch.where(valid, labels, 0).long()
-    w_y = class_weight.to(torch.float32).take(safe)
-    return torch.where(valid, w_y, 0.0).sum()
