@@ -45,22 +45,23 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
     atomic_write_json(Path(path), payload)
 
 
-
-
-
 def peak_bytes_in_child(script: str, args: list[str]) -> int | None:
     """Run ``python script *args`` (which prints one JSON number: the peak bytes) and return it."""
     import subprocess
     import sys
 
-    out = subprocess.run(
-        [sys.executable, script, *args], check=True, capture_output=True, text=True
-    ).stdout.strip().splitlines()
+    out = (
+        subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()
+    )
     value = json.loads(out[-1]) if out else None
     return None if value is None else int(value)
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, *, repeat: int, warmup: int = 1) -> float:
+def median_seconds(
+    fn: Callable[[], object], device: torch.device, *, repeat: int, warmup: int = 1
+) -> float:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()

@@ -89,29 +89,40 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     base = rows["eager formula (dense targets)"]
-    print(f"sigmoid focal loss, forward+backward, {logits.numel():,} logits "
-          f"({logits.shape[0]} x {logits.shape[1]}), float32, {torch.get_num_threads()} threads")
-    print(f"{'variant':34s} {'median':>10s} {'fastest':>10s} {'peak mem':>13s} "
-          f"{'speed-up':>9s} {'(fastest)':>10s} {'mem ratio':>10s}")
+    print(
+        f"sigmoid focal loss, forward+backward, {logits.numel():,} logits "
+        f"({logits.shape[0]} x {logits.shape[1]}), float32, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'variant':34s} {'median':>10s} {'fastest':>10s} {'peak mem':>13s} "
+        f"{'speed-up':>9s} {'(fastest)':>10s} {'mem ratio':>10s}"
+    )
     for name, row in rows.items():
         row["speedup_vs_eager"] = base["seconds"] / row["seconds"]
         # conservative: each side's fastest call, i.e. eager with its allocator fully warm
         row["speedup_vs_eager_fastest"] = base["min_seconds"] / row["min_seconds"]
         row["memory_vs_eager"] = (
-            row["peak_bytes"] / base["peak_bytes"] if row["peak_bytes"] and base["peak_bytes"] else None
+            row["peak_bytes"] / base["peak_bytes"]
+            if row["peak_bytes"] and base["peak_bytes"]
+            else None
         )
         mem_ratio = "n/a" if row["memory_vs_eager"] is None else f"{row['memory_vs_eager']:.2f}"
-        print(f"{name:34s} {row['seconds'] * 1e3:8.1f}ms {row['min_seconds'] * 1e3:8.1f}ms "
-              f"{fmt_bytes(row['peak_bytes'])} {row['speedup_vs_eager']:8.2f}x "
-              f"{row['speedup_vs_eager_fastest']:9.2f}x {mem_ratio:>10s}")
+        print(
+            f"{name:34s} {row['seconds'] * 1e3:8.1f}ms {row['min_seconds'] * 1e3:8.1f}ms "
+            f"{fmt_bytes(row['peak_bytes'])} {row['speedup_vs_eager']:8.2f}x "
+            f"{row['speedup_vs_eager_fastest']:9.2f}x {mem_ratio:>10s}"
+        )
     if args.json:
-        write_json_atomic(args.json, {
-            "benchmark": "sigmoid_focal_cpu",
-            "numel": logits.numel(),
-            "shape": list(logits.shape),
-            "environment": environment(device),
-            "results": rows,
-        })
+        write_json_atomic(
+            args.json,
+            {
+                "benchmark": "sigmoid_focal_cpu",
+                "numel": logits.numel(),
+                "shape": list(logits.shape),
+                "environment": environment(device),
+                "results": rows,
+            },
+        )
     return 0
 
 

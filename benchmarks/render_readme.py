@@ -35,8 +35,7 @@ def focal_table(data: dict) -> str:
         "against the eager torchvision formula (`python benchmarks/bench_focal_cpu.py`). "
         "The eager formula's time depends on whether glibc still holds its freed 16 MiB blocks "
         "(then no page faults), so the speed-up is given both from medians and, conservatively, "
-        "from each variant's fastest call. "
-        + _env_line(data["environment"]),
+        "from each variant's fastest call. " + _env_line(data["environment"]),
         "",
         "| variant | median (ms) | fastest (ms) | peak memory (MiB) | speed-up (medians) "
         "| speed-up (fastest calls) | memory vs eager |",
@@ -102,8 +101,12 @@ def suite_table(data: dict) -> str:
         total = len(data["sizes"]) * len(data["dtypes"])
         lines += ["", f"Partial: {len(data['done'])} of {total} size x dtype cases measured."]
     if data["skipped"]:
-        lines += ["", "Not measured: " + "; ".join(
-            f"{s['impl']} ({s['reason']})" for s in data["skipped"]) + "."]
+        lines += [
+            "",
+            "Not measured: "
+            + "; ".join(f"{s['impl']} ({s['reason']})" for s in data["skipped"])
+            + ".",
+        ]
     return "\n".join(lines)
 
 

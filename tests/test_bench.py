@@ -40,8 +40,20 @@ BASELINE = {
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     json_path, png = out / "suite.json", out / "suite.png"
-    argv = ["bench", "--device", "cpu", "--sizes", "20000", "--repeat", "2", "--no-compile",
-            "--json", str(json_path), "--plot", str(png)]
+    argv = [
+        "bench",
+        "--device",
+        "cpu",
+        "--sizes",
+        "20000",
+        "--repeat",
+        "2",
+        "--no-compile",
+        "--json",
+        str(json_path),
+        "--plot",
+        str(png),
+    ]
     assert main(argv) == 0
     return json.loads(json_path.read_text()), png
 
@@ -58,7 +70,11 @@ def test_rows_for_every_implementation_and_mode(suite):
     skipped = {s["impl"]: s["reason"] for s in doc["skipped"]}
     assert skipped["torch.compile(eager)"] == "disabled with --no-compile"
     assert "focalkit (triton)" in skipped  # CPU without TRITON_INTERPRET: torch backend
-    for lib, module in (("torchvision.ops", "torchvision"), ("kornia", "kornia"), ("monai", "monai")):
+    for lib, module in (
+        ("torchvision.ops", "torchvision"),
+        ("kornia", "kornia"),
+        ("monai", "monai"),
+    ):
         if importlib.util.find_spec(module) is None:
             assert skipped[lib] == "not installed"
 
@@ -71,17 +87,24 @@ def test_ratios_bandwidth_and_min_bytes(suite):
         copy = by_key[("copy", row["mode"])]
         assert row["ratio_vs_eager"] == pytest.approx(base["seconds"] / row["seconds"], rel=1e-9)
         assert row["ratio_vs_compile"] is None  # --no-compile
-        assert row["bandwidth_gbs"] == pytest.approx(row["min_bytes"] / row["seconds"] / 1e9,
-                                                     rel=1e-9)
+        assert row["bandwidth_gbs"] == pytest.approx(
+            row["min_bytes"] / row["seconds"] / 1e9, rel=1e-9
+        )
         assert row["pct_of_copy"] == pytest.approx(
-            100 * row["bandwidth_gbs"] / copy["bandwidth_gbs"], rel=1e-9)
+            100 * row["bandwidth_gbs"] / copy["bandwidth_gbs"], rel=1e-9
+        )
     # 20000 fp32 logits (4 bytes), 250 rows: the documented formulas
     expected = {
-        ("sigmoid", "forward"): 160_000, ("sigmoid", "backward"): 240_000,
-        ("sigmoid", "fwd+bwd"): 240_000, ("ghm_c", "forward"): 160_000,
-        ("ghm_c", "fwd+bwd"): 240_000, ("softmax", "forward"): 82_000,
-        ("softmax", "backward"): 162_000, ("softmax", "fwd+bwd"): 162_000,
-        ("copy", "forward"): 160_000, ("copy", "fwd+bwd"): 160_000,
+        ("sigmoid", "forward"): 160_000,
+        ("sigmoid", "backward"): 240_000,
+        ("sigmoid", "fwd+bwd"): 240_000,
+        ("ghm_c", "forward"): 160_000,
+        ("ghm_c", "fwd+bwd"): 240_000,
+        ("softmax", "forward"): 82_000,
+        ("softmax", "backward"): 162_000,
+        ("softmax", "fwd+bwd"): 162_000,
+        ("copy", "forward"): 160_000,
+        ("copy", "fwd+bwd"): 160_000,
     }
     for row in doc["rows"]:
         if (row["op"], row["mode"]) in expected:
@@ -107,8 +130,18 @@ def test_triton_rows_agree_with_the_torch_backend(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # before triton's first import in this process
     pytest.importorskip("triton")
     json_path = tmp_path / "suite.json"
-    argv = ["bench", "--device", "cpu", "--sizes", "400x8", "--repeat", "1", "--no-compile",
-            "--json", str(json_path)]
+    argv = [
+        "bench",
+        "--device",
+        "cpu",
+        "--sizes",
+        "400x8",
+        "--repeat",
+        "1",
+        "--no-compile",
+        "--json",
+        str(json_path),
+    ]
     assert main(argv) == 0
     doc = json.loads(json_path.read_text())
     triton_rows = {(r["impl"], r["mode"]): r for r in doc["rows"] if "(triton)" in r["impl"]}
@@ -141,8 +174,19 @@ def test_interrupted_run_keeps_finished_cases_and_resume_measures_only_the_rest(
     from focalkit.cli import bench_suite
 
     json_path = tmp_path / "suite.json"
-    argv = ["bench", "--device", "cpu", "--sizes", "2000x8", "3000x8", "--repeat", "1",
-            "--no-compile", "--json", str(json_path)]
+    argv = [
+        "bench",
+        "--device",
+        "cpu",
+        "--sizes",
+        "2000x8",
+        "3000x8",
+        "--repeat",
+        "1",
+        "--no-compile",
+        "--json",
+        str(json_path),
+    ]
     measured = []
     run_case = bench_suite.run_case
 
@@ -162,8 +206,9 @@ def test_interrupted_run_keeps_finished_cases_and_resume_measures_only_the_rest(
     assert "Partial: 1 of 2 size x dtype cases measured." in table
 
     measured.clear()
-    monkeypatch.setattr(bench_suite, "run_case", lambda case, *a: measured.append(case.numel)
-                        or run_case(case, *a))
+    monkeypatch.setattr(
+        bench_suite, "run_case", lambda case, *a: measured.append(case.numel) or run_case(case, *a)
+    )
     assert main([*argv, "--resume"]) == 0
     assert measured == [3000]
     doc = json.loads(json_path.read_text())
@@ -176,8 +221,17 @@ def test_interrupted_run_keeps_finished_cases_and_resume_measures_only_the_rest(
 
 def test_resume_refusals_name_the_mismatch(tmp_path, capsys):
     json_path = tmp_path / "suite.json"
-    argv = ["bench", "--device", "cpu", "--sizes", "2000x8", "--no-compile", "--json",
-            str(json_path), "--resume"]
+    argv = [
+        "bench",
+        "--device",
+        "cpu",
+        "--sizes",
+        "2000x8",
+        "--no-compile",
+        "--json",
+        str(json_path),
+        "--resume",
+    ]
     for text in ("[1, 2]", '{"benchmark": "focal_cpu"}'):
         json_path.write_text(text)
         assert main([*argv, "--repeat", "1"]) == 2
@@ -215,14 +269,26 @@ def test_device_cuda_without_cuda_exits_2(capsys, tmp_path):
 def test_help(capsys):
     assert main(["bench", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--device", "--preset", "--sizes", "--dtypes", "--no-compile", "--json",
-                   "--plot", "--repeat", "--resume"):
+    for option in (
+        "--device",
+        "--preset",
+        "--sizes",
+        "--dtypes",
+        "--no-compile",
+        "--json",
+        "--plot",
+        "--repeat",
+        "--resume",
+    ):
         assert option in out
 
 
 def test_script_is_the_same_command():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_suite.py"), "--help"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_suite.py"), "--help"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and "--no-compile" in out.stdout
 
 

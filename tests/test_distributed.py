@@ -41,9 +41,7 @@ def _entry(rank: int, init: str, scenarios: tuple[str, ...]) -> None:
     """One rank: run the scenarios in order; the first failure ends the run (a rank that
     carried on could wait forever in a collective the failed rank never joins)."""
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=init, rank=rank, world_size=WORLD
-    )
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     try:
         for name in scenarios:
             try:

@@ -427,8 +427,10 @@ def test_cpu_chunk_paths_match_reference(monkeypatch, target_kind, alpha_kind, g
         targets = (torch.rand(N, C, generator=gen) < 0.3).float()
         if target_kind == "mixed":
             targets[6:12] = torch.rand(6, C, generator=gen)  # one soft chunk
-    alpha = {"one": 1.0, "zero": 0.0}.get(alpha_kind) if alpha_kind in ("one", "zero") else (
-        _alpha(alpha_kind, C)
+    alpha = (
+        {"one": 1.0, "zero": 0.0}.get(alpha_kind)
+        if alpha_kind in ("one", "zero")
+        else (_alpha(alpha_kind, C))
     )
     for reduction in REDUCTIONS:
         kw = {"reduction": reduction, "alpha": alpha, "gamma": gamma}

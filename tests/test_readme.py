@@ -29,7 +29,11 @@ def test_readme_example_runs(index):
     exec(compile(BLOCKS[index], f"README block {index}", "exec"), namespace)
     import torch
 
-    tensors = [v for v in namespace.values() if isinstance(v, torch.Tensor) and v.is_leaf and v.grad is not None]
+    tensors = [
+        v
+        for v in namespace.values()
+        if isinstance(v, torch.Tensor) and v.is_leaf and v.grad is not None
+    ]
     modules = [v for v in namespace.values() if isinstance(v, torch.nn.Module)]
     grads = tensors + [p for m in modules for p in m.parameters() if p.grad is not None]
     assert grads, "the example should backpropagate into something"

@@ -213,7 +213,9 @@ def test_cpu_chunks_match_reference(monkeypatch, weighted, alpha_kind, gamma):
         kw["reduction"] = reduction
         got, got_g = _value_and_grad(fk.softmax_focal_loss, logits, targets, **kw)
         ref_kw = dict(kw, weight=None if weight is None else weight.double())
-        ref_kw["alpha"] = kw["alpha"].double() if isinstance(kw["alpha"], torch.Tensor) else kw["alpha"]
+        ref_kw["alpha"] = (
+            kw["alpha"].double() if isinstance(kw["alpha"], torch.Tensor) else kw["alpha"]
+        )
         exp, exp_g = _ref_value_and_grad(logits, targets, **ref_kw)
         _assert_close(got, exp, F32)
         _assert_close(got_g, exp_g, F32)

@@ -1,7 +1,7 @@
 """focalkit: exact, numerically safe and fast class-imbalance and hard-example losses.
 
-    >>> import focalkit as fk
-    >>> loss = fk.sigmoid_focal_loss(logits, labels, normalizer=num_pos)  # doctest: +SKIP
+>>> import focalkit as fk
+>>> loss = fk.sigmoid_focal_loss(logits, labels, normalizer=num_pos)  # doctest: +SKIP
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -217,8 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{exc.prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        again = "add --resume to measure only the rest" if "bench" in argv[:1] else (
-            "rerun the same command to resume")
+        again = (
+            "add --resume to measure only the rest"
+            if "bench" in argv[:1]
+            else ("rerun the same command to resume")
+        )
         print(f"{PROG}: interrupted; finished runs are saved, {again}", file=sys.stderr)
         return 130
     except Exception as exc:

@@ -23,7 +23,8 @@ def _size(text: str) -> tuple[int, int]:
     classes = int(match.group(2)) if match and match.group(2) else 80
     if numel < 1 or classes < 2 or numel < classes:
         raise argparse.ArgumentTypeError(
-            f"expected N or NxC with N >= C >= 2 (logits, classes), got {text!r}")
+            f"expected N or NxC with N >= C >= 2 (logits, classes), got {text!r}"
+        )
     return numel, classes
 
 
@@ -48,29 +49,65 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "logits (the bandwidth ceiling); print a table, write JSON (and a plot)."
         ),
     )
-    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                       help="auto picks cuda when available (default: auto)")
-    bench.add_argument("--preset", choices=PRESET_NAMES, default=None,
-                       help="cpu-small: 1e6 and 4e6 logits, 80 classes, fp32 (default on CPU); "
-                       "gpu: 1e6 .. 1.28e8 logits (RetinaNet 16 x 100k x 80) and LVIS-like "
-                       "1203 classes, fp32 and bf16 (default on CUDA)")
-    bench.add_argument("--sizes", type=_size, nargs="+", default=None, metavar="N[xC]",
-                       help="logit counts (optionally xCLASSES, default 80); overrides the "
-                       "preset's sizes")
-    bench.add_argument("--dtypes", choices=("fp32", "bf16"), nargs="+", default=None,
-                       help="overrides the preset's dtypes")
+    bench.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto picks cuda when available (default: auto)",
+    )
+    bench.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default=None,
+        help="cpu-small: 1e6 and 4e6 logits, 80 classes, fp32 (default on CPU); "
+        "gpu: 1e6 .. 1.28e8 logits (RetinaNet 16 x 100k x 80) and LVIS-like "
+        "1203 classes, fp32 and bf16 (default on CUDA)",
+    )
+    bench.add_argument(
+        "--sizes",
+        type=_size,
+        nargs="+",
+        default=None,
+        metavar="N[xC]",
+        help="logit counts (optionally xCLASSES, default 80); overrides the preset's sizes",
+    )
+    bench.add_argument(
+        "--dtypes",
+        choices=("fp32", "bf16"),
+        nargs="+",
+        default=None,
+        help="overrides the preset's dtypes",
+    )
     bench.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    bench.add_argument("--json", type=Path, default=None, metavar="PATH",
-                       help="results file (default: benchmarks/results/suite-DEVICE-PRESET.json)")
-    bench.add_argument("--plot", type=Path, default=None, metavar="PATH",
-                       help="also draw speed-up and %% of copy bandwidth against size (PNG)")
-    bench.add_argument("--repeat", type=_positive, default=5, metavar="N",
-                       help="timed calls per variant (default 5)")
-    bench.add_argument("--resume", action="store_true",
-                       help="keep the cases already in the --json file (written after each "
-                       "size x dtype, so an interrupted run keeps what it finished) and "
-                       "measure only the others; the file must come from this machine and "
-                       "the same versions, --repeat and compile setting")
+    bench.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="results file (default: benchmarks/results/suite-DEVICE-PRESET.json)",
+    )
+    bench.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also draw speed-up and %% of copy bandwidth against size (PNG)",
+    )
+    bench.add_argument(
+        "--repeat",
+        type=_positive,
+        default=5,
+        metavar="N",
+        help="timed calls per variant (default 5)",
+    )
+    bench.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the cases already in the --json file (written after each "
+        "size x dtype, so an interrupted run keeps what it finished) and "
+        "measure only the others; the file must come from this machine and "
+        "the same versions, --repeat and compile setting",
+    )
     return bench
 
 
@@ -84,8 +121,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     prog = "focalkit bench"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise _UsageError(prog, "--device cuda: CUDA is not available on this machine")
-    device = args.device if args.device != "auto" else (
-        "cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     preset = args.preset or ("gpu" if device == "cuda" else "cpu-small")
     sizes = args.sizes or PRESETS[preset]["sizes"]
     name = preset if args.sizes is None else "custom"
@@ -94,9 +132,15 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         raise _UsageError(prog, f"--json {args.json}: is a directory")
     json_path = args.json or Path("benchmarks/results") / f"suite-{device}-{name}.json"
     argv = list(sys.argv[1:] if argv is None else argv)
-    opts = SuiteOptions(device=device, preset=name, sizes=list(sizes), dtypes=list(dtypes),
-                        repeat=args.repeat, compile=not args.no_compile,
-                        command=shlex.join(["focalkit", *argv]))
+    opts = SuiteOptions(
+        device=device,
+        preset=name,
+        sizes=list(sizes),
+        dtypes=list(dtypes),
+        repeat=args.repeat,
+        compile=not args.no_compile,
+        command=shlex.join(["focalkit", *argv]),
+    )
     previous = None
     if args.resume and json_path.exists():
         previous = _resumable(prog, json_path, opts)
@@ -117,8 +161,16 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 # what must match for rows of two runs to sit in one table (ratios are within a case, but
 # the cases of one table should come from one machine and one software stack)
-_RESUME_KEYS = ("focalkit", "torch", "triton", "torchvision", "kornia", "monai", "device_name",
-                "threads")
+_RESUME_KEYS = (
+    "focalkit",
+    "torch",
+    "triton",
+    "torchvision",
+    "kornia",
+    "monai",
+    "device_name",
+    "threads",
+)
 
 
 def _resumable(prog: str, path: Path, opts) -> dict:
@@ -130,11 +182,23 @@ def _resumable(prog: str, path: Path, opts) -> dict:
     from .records import read_record
 
     doc = read_record(path)
-    needed = ("benchmark", "environment", "repeat", "compile", "sizes", "dtypes", "skipped",
-              "done", "rows")
+    needed = (
+        "benchmark",
+        "environment",
+        "repeat",
+        "compile",
+        "sizes",
+        "dtypes",
+        "skipped",
+        "done",
+        "rows",
+    )
     if doc is None or doc.get("benchmark") != "suite" or any(k not in doc for k in needed):
-        raise _UsageError(prog, f"--resume: {path} is not a results file of this suite "
-                          "(written after each case since --resume exists)")
+        raise _UsageError(
+            prog,
+            f"--resume: {path} is not a results file of this suite "
+            "(written after each case since --resume exists)",
+        )
     here = environment(torch.device(opts.device))
     for key, found, now in (
         [("device", doc["environment"].get("device"), here["device"])]

@@ -288,13 +288,21 @@ def implementations(
     from .baselines import eager_focal, eager_softmax_focal, loop_ghm_c
 
     impls = [
-        Impl("focalkit (torch)", "sigmoid",
-             lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend="torch")),
+        Impl(
+            "focalkit (torch)",
+            "sigmoid",
+            lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend="torch"),
+        ),
     ]
     triton = resolve_backend("auto", case.logits) == "triton"
     if triton:
-        impls.append(Impl("focalkit (triton)", "sigmoid",
-                          lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend="triton")))
+        impls.append(
+            Impl(
+                "focalkit (triton)",
+                "sigmoid",
+                lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend="triton"),
+            )
+        )
     else:
         why = "auto backend resolves to torch on this device"
         for name in ("focalkit (triton)", "focalkit softmax (triton)", "focalkit ghm_c (triton)"):
@@ -309,17 +317,27 @@ def implementations(
     try:
         import torchvision.ops
 
-        impls.append(Impl("torchvision.ops", "sigmoid",
-                          lambda x, c: torchvision.ops.sigmoid_focal_loss(x, c.dense,
-                                                                          reduction="mean")))
+        impls.append(
+            Impl(
+                "torchvision.ops",
+                "sigmoid",
+                lambda x, c: torchvision.ops.sigmoid_focal_loss(x, c.dense, reduction="mean"),
+            )
+        )
     except ImportError:
         skipped.setdefault("torchvision.ops", "not installed")
     try:
         import kornia.losses
 
-        impls.append(Impl("kornia", "sigmoid",
-                          lambda x, c: kornia.losses.binary_focal_loss_with_logits(
-                              x, c.dense, alpha=0.25, gamma=2.0, reduction="mean")))
+        impls.append(
+            Impl(
+                "kornia",
+                "sigmoid",
+                lambda x, c: kornia.losses.binary_focal_loss_with_logits(
+                    x, c.dense, alpha=0.25, gamma=2.0, reduction="mean"
+                ),
+            )
+        )
     except ImportError:
         skipped.setdefault("kornia", "not installed")
     try:
@@ -329,20 +347,37 @@ def implementations(
         impls.append(Impl("monai", "sigmoid", lambda x, c: monai_loss(x, c.dense)))
     except ImportError:
         skipped.setdefault("monai", "not installed")
-    impls.append(Impl(REFERENCE["softmax"], "softmax",
-                      lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0, backend="torch")))
+    impls.append(
+        Impl(
+            REFERENCE["softmax"],
+            "softmax",
+            lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0, backend="torch"),
+        )
+    )
     if triton:
-        impls.append(Impl("focalkit softmax (triton)", "softmax",
-                          lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0,
-                                                             backend="triton")))
+        impls.append(
+            Impl(
+                "focalkit softmax (triton)",
+                "softmax",
+                lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0, backend="triton"),
+            )
+        )
     impls += [
         Impl(BASELINE["softmax"], "softmax", lambda x, c: eager_softmax_focal(x, c.labels)),
-        Impl(REFERENCE["ghm_c"], "ghm_c",
-             lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30, backend="torch")),
+        Impl(
+            REFERENCE["ghm_c"],
+            "ghm_c",
+            lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30, backend="torch"),
+        ),
     ]
     if triton:
-        impls.append(Impl("focalkit ghm_c (triton)", "ghm_c",
-                          lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30, backend="triton")))
+        impls.append(
+            Impl(
+                "focalkit ghm_c (triton)",
+                "ghm_c",
+                lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30, backend="triton"),
+            )
+        )
     impls += [
         Impl(BASELINE["ghm_c"], "ghm_c", lambda x, c: loop_ghm_c(x, c.dense, c.valid, bins=30)),
         Impl("copy", "copy", None),
@@ -392,10 +427,17 @@ def _peaks_cpu(numel: int, classes: int, dtype_name: str) -> dict[str, int | Non
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run(
-        [sys.executable, "-m", "focalkit.cli.bench_suite", "--peak-child", spec],
-        check=True, capture_output=True, text=True, env=env,
-    ).stdout.strip().splitlines()
+    out = (
+        subprocess.run(
+            [sys.executable, "-m", "focalkit.cli.bench_suite", "--peak-child", spec],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     return json.loads(out[-1]) if out else {}
 
 
@@ -421,8 +463,13 @@ def _describe(exc: BaseException) -> str:
     return text[:200]
 
 
-def run_case(case: Case, opts: SuiteOptions, device: torch.device, skipped: dict[str, str],
-             log: Callable[[str], None]) -> list[dict]:
+def run_case(
+    case: Case,
+    opts: SuiteOptions,
+    device: torch.device,
+    skipped: dict[str, str],
+    log: Callable[[str], None],
+) -> list[dict]:
     impls = implementations(case, compile_ok=opts.compile, skipped=skipped)
     # one fwd+bwd call each: values for max_abs_diff, and failures (e.g. compile) skip the impl
     values: dict[str, tuple[float, torch.Tensor]] = {}
@@ -460,8 +507,11 @@ def run_case(case: Case, opts: SuiteOptions, device: torch.device, skipped: dict
             if impl.loss is not None:
                 ref_loss, ref_grad = values[REFERENCE[impl.op]]
                 loss, grad = values[impl.name]
-                diff = abs(loss - ref_loss) if mode == "forward" else float(
-                    (grad - ref_grad).abs().max())
+                diff = (
+                    abs(loss - ref_loss)
+                    if mode == "forward"
+                    else float((grad - ref_grad).abs().max())
+                )
             mode_rows[impl.name] = {
                 "op": impl.op,
                 "impl": impl.name,
@@ -565,14 +615,19 @@ def run_suite(
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else (
-        f"{value:{spec}}{suffix}")
+    return (
+        "-"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (f"{value:{spec}}{suffix}")
+    )
 
 
 def format_table(doc: dict) -> str:
-    header = (f"{'size':>16} {'dtype':>5} {'mode':>8} {'implementation':<27}{'ms':>10}"
-              f"{'peak MiB':>10}{'GB/s':>8}{'%copy':>7}{'vs eager':>9}{'vs compile':>11}"
-              f"{'max|diff|':>10}")
+    header = (
+        f"{'size':>16} {'dtype':>5} {'mode':>8} {'implementation':<27}{'ms':>10}"
+        f"{'peak MiB':>10}{'GB/s':>8}{'%copy':>7}{'vs eager':>9}{'vs compile':>11}"
+        f"{'max|diff|':>10}"
+    )
     lines = [header, "-" * len(header)]
     for r in doc["rows"]:
         size = f"{r['rows']}x{r['classes']}"
@@ -609,11 +664,20 @@ def plot_suite(doc: dict, path: Path) -> Path:
         if impl != "copy":
             ax1.plot(xs, [r["ratio_vs_eager"] for r in rs], style, **kw)
         ax2.plot(xs, [r["pct_of_copy"] for r in rs], style, **kw)
-    ax1.set(xscale="log", yscale="log", xlabel="logits", ylabel="speed-up vs eager baseline",
-            title="fwd+bwd speed-up (family baseline = 1)")
+    ax1.set(
+        xscale="log",
+        yscale="log",
+        xlabel="logits",
+        ylabel="speed-up vs eager baseline",
+        title="fwd+bwd speed-up (family baseline = 1)",
+    )
     ax1.axhline(1.0, color="grey", lw=0.8)
-    ax2.set(xscale="log", xlabel="logits", ylabel="% of copy bandwidth",
-            title="achieved bandwidth (min bytes / time) as % of copy")
+    ax2.set(
+        xscale="log",
+        xlabel="logits",
+        ylabel="% of copy bandwidth",
+        title="achieved bandwidth (min bytes / time) as % of copy",
+    )
     ax2.legend(fontsize=7, loc="best")
     fig.suptitle(f"focalkit bench: {doc['environment']['device_name']}, preset {doc['preset']}")
     return save_figure(fig, Path(path))

@@ -482,7 +482,13 @@ def _sigmoid_forward(
     x2 = logits.reshape(-1, cols)
     rows = x2.shape[0]
     t2 = target.reshape(rows) if spec.index_form else target.reshape(rows, cols)
-    v2 = None if valid is None else valid.reshape(rows) if spec.index_form else valid.reshape(rows, cols)
+    v2 = (
+        None
+        if valid is None
+        else valid.reshape(rows)
+        if spec.index_form
+        else valid.reshape(rows, cols)
+    )
     w2 = None if weight is None else weight.expand(logits.shape).reshape(rows, cols)
 
     grad = torch.empty((rows, cols), dtype=cdtype, device=logits.device) if need_grad else None
@@ -512,7 +518,9 @@ def _sigmoid_forward(
                 if partial is not None:
                     total = total + partial
                 continue
-            loss, g = _index_terms(xs, t2[start:stop], v2[start:stop], spec.gamma, alpha_pos, need_grad)
+            loss, g = _index_terms(
+                xs, t2[start:stop], v2[start:stop], spec.gamma, alpha_pos, need_grad
+            )
         else:
             ys = t2[start:stop].to(cdtype)
             views = None if scratch is None or v2 is not None else scratch(stop - start)
@@ -571,7 +579,9 @@ class _SigmoidFocalFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad = stored_grad(
                 ctx,
-                lambda: _sigmoid_forward(logits, target, valid, weight, alpha_pos, ctx.spec, True)[1],
+                lambda: _sigmoid_forward(logits, target, valid, weight, alpha_pos, ctx.spec, True)[
+                    1
+                ],
             )
             grad_logits = grad.mul_(grad_output).to(ctx.logits_dtype)
         if ctx.needs_input_grad[3]:
@@ -704,9 +714,7 @@ def sigmoid_focal_loss(
 # --------------------------------------------------------------------------------------------
 
 
-def _softmax_focal_terms(
-    logp: Tensor, gamma: _GammaPlan
-) -> tuple[Tensor, Tensor]:
+def _softmax_focal_terms(logp: Tensor, gamma: _GammaPlan) -> tuple[Tensor, Tensor]:
     """For each log-probability: the focal term ``ell = -(1-p)^g log p`` and
     ``G = (1-p)^g - g (1-p)^(g-1) p log p`` (so that d ell / d x_j = G (p_j - [j = c])).
 
@@ -986,8 +994,10 @@ def softmax_focal_loss(
     check_reduction(reduction)
     check_normalizer(normalizer, reduction)
     gamma = _check_gamma(gamma)
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not (
-        0.0 <= label_smoothing <= 1.0
+    if (
+        isinstance(label_smoothing, bool)
+        or not isinstance(label_smoothing, (int, float))
+        or not (0.0 <= label_smoothing <= 1.0)
     ):
         raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
     if logits.dim() == 0:
@@ -1007,7 +1017,11 @@ def softmax_focal_loss(
         if validate:
             check_values_in_unit_interval("targets", targets)
         flat_target = _channel_last(targets)
-    elif targets.shape == index_shape and not targets.is_floating_point() and targets.dtype != torch.bool:
+    elif (
+        targets.shape == index_shape
+        and not targets.is_floating_point()
+        and targets.dtype != torch.bool
+    ):
         index_form = True
         if validate is True or (validate is None and may_read_values(targets)):
             bad = ((targets < 0) | (targets >= num_classes)) & (targets != ignore_index)

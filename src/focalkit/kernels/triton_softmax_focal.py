@@ -218,4 +218,3 @@ def triton_softmax_focal(
     :func:`~focalkit._reduce.reduction_scale`; ``spec.reduce_sum``) or the per-row loss
     (``inv`` is then 1)."""
     return _TritonSoftmaxFocalFunction.apply(logits, labels, class_weight, alpha, inv, spec)
-

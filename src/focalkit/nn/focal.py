@@ -48,7 +48,9 @@ class _FocalLossBase(nn.Module):
             with torch.no_grad():
                 batch = p_correct_fn().float().to(self.p_hat.device)
                 m = self.auto_momentum
-                updated = torch.where(self.p_hat_initialized, m * self.p_hat + (1 - m) * batch, batch)
+                updated = torch.where(
+                    self.p_hat_initialized, m * self.p_hat + (1 - m) * batch, batch
+                )
                 self.p_hat.copy_(updated)
                 self.p_hat_initialized.fill_(True)
         return -torch.log(self.p_hat.clamp(min=_P_HAT_MIN, max=1.0))
