@@ -14,7 +14,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import focalkit as fk
-import focalkit.functional.focal as focal_impl
 from _focal_refs import (
     bce_with_logits_ref,
     class_balanced_ref,
@@ -23,6 +22,7 @@ from _focal_refs import (
     sigmoid_focal_ref,
 )
 from _loss_checks import assert_autocast_float32, assert_retained_graph_backward
+from focalkit.kernels import chunked
 
 GAMMAS = [0.0, 0.5, 1.0, 2.0, 5.0, "flsd53"]
 REDUCTIONS = ["none", "mean", "sum"]
@@ -391,7 +391,7 @@ def test_large_input_spanning_chunks(target_kind):
     """More rows than one CPU chunk, with an elementwise weight (the allocating path)."""
     gen = torch.Generator().manual_seed(19)
     N, C = 40_001, 7  # 280007 elements: two chunks of 2**18, the second one short
-    assert N * C > focal_impl.CHUNK_ELEMENTS
+    assert N * C > chunked.FOCAL_CHUNK_ELEMENTS
     logits = torch.randn(N, C, generator=gen) * 3
     targets = _targets(target_kind, N, C, gen)
     if target_kind == "soft":
@@ -413,7 +413,7 @@ def test_cpu_chunk_paths_match_reference(monkeypatch, target_kind, alpha_kind, g
     """The CPU eager path in small chunks (6 rows of 9): binary chunks and all-valid index
     chunks go through the scratch-buffer kernels, soft chunks and chunks with ignored rows
     through the general ones; every chunk matches the float64 reference."""
-    monkeypatch.setattr(focal_impl, "CHUNK_ELEMENTS", 54)
+    monkeypatch.setattr(chunked, "FOCAL_CHUNK_ELEMENTS", 54)
     gen = torch.Generator().manual_seed(31)
     N, C = 41, 9
     logits = torch.randn(N, C, generator=gen) * 4

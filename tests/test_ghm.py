@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import focalkit as fk
 from _ghm_box_refs import ghm_c_reference, ghm_r_reference
 from focalkit.functional import ghm as ghm_impl
+from focalkit.kernels import chunked
 
 SETTINGS = settings(max_examples=50, deadline=None)
 
@@ -129,7 +130,7 @@ def test_ghm_c_chunked_path_matches_reference(monkeypatch):
     """The cache-sized chunk loop (CPU eager) gives the one-piece result."""
     logits, targets, valid = _random_problem(shape=(301, 7), seed=11)
     whole = fk.ghm_c_loss(logits, targets, bins=30, valid=valid, reduction="none")
-    monkeypatch.setattr(ghm_impl, "CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(chunked, "GHM_CHUNK_ELEMENTS", 64)
     x = logits.clone().requires_grad_(True)
     loss = fk.ghm_c_loss(x, targets, bins=30, valid=valid)
     loss.backward()
@@ -248,7 +249,7 @@ def test_bin_counts_are_exact_int64_beyond_2_pow_24():
     n = 2**24 + 1  # not representable in float32: a float32 count would read 2**24
     index = torch.zeros(n, dtype=torch.uint8)
     index[-3:] = 2  # two elements in the dropped slot (bins = 2)
-    for count in (ghm_impl._counts_bincount, ghm_impl._counts_scatter):
+    for count in (chunked.bincount_bins, ghm_impl.bin_counts):
         counts = count(index, 2)
         assert counts.dtype == torch.int64
         assert counts.tolist() == [n - 3, 0]
@@ -258,11 +259,11 @@ def test_bin_counts_are_exact_int64_beyond_2_pow_24():
 def test_ghm_c_histogram_pass_counts_exactly_beyond_2_pow_24(monkeypatch):
     """The chunked CPU pass over 2**24 + 1 elements (zero-stride inputs: no large allocation
     but the uint8 bin index) counts every element in its bin exactly."""
-    monkeypatch.setattr(ghm_impl, "CHUNK_ELEMENTS", 2**23)  # 3 chunks: few parallel regions
+    monkeypatch.setattr(chunked, "GHM_CHUNK_ELEMENTS", 2**23)  # 3 chunks: few parallel regions
     n = 2**24 + 1
     x = torch.zeros(()).expand(n)
     y = torch.zeros(()).expand(n)  # g = 0.5 for all: bin 1 of 2
-    index, counts = ghm_impl._bin_pass(x, y, None, 2)
+    index, counts = chunked.ghm_bin_pass(x, y, None, 2)
     assert counts.dtype == torch.int64 and counts.tolist() == [0, n]
     assert index.dtype == torch.uint8
 

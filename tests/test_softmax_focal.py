@@ -13,9 +13,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import focalkit as fk
-import focalkit.functional.focal as focal_impl
 from _focal_refs import softmax_focal_ref
 from _loss_checks import assert_autocast_float32, assert_retained_graph_backward
+from focalkit.kernels import chunked
 
 GAMMAS = [0.0, 0.5, 1.0, 2.0, 5.0, "flsd53"]
 REDUCTIONS = ["none", "mean", "sum"]
@@ -203,7 +203,7 @@ def test_custom_ignore_index_matches_cross_entropy():
 def test_cpu_chunks_match_reference(monkeypatch, weighted, alpha_kind, gamma):
     """Index targets on the CPU eager path in chunks of 5 rows (41 rows: the last chunk
     short, ignored rows in three of them): equal to the float64 reference."""
-    monkeypatch.setattr(focal_impl, "CHUNK_ELEMENTS", 5 * 7)
+    monkeypatch.setattr(chunked, "FOCAL_CHUNK_ELEMENTS", 5 * 7)
     gen = torch.Generator().manual_seed(41)
     logits, targets = _make((41, 7), "index", gen)
     targets[17] = IGNORE

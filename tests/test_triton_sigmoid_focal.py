@@ -229,21 +229,27 @@ def test_auto_is_torch_on_cpu_without_interpreter(monkeypatch):
     """Without TRITON_INTERPRET a CPU tensor never goes to triton."""
     monkeypatch.delenv("TRITON_INTERPRET")
     x = torch.randn(3)
-    assert resolve_backend("auto", x) == "torch"
+    # not triton: the CPU tensor goes to the chunked backend, or torch where a loss has none
+    assert resolve_backend("sigmoid_focal_loss", "auto", x).backend == "chunked"
+    assert resolve_backend("ghm_r_loss", "auto", x).backend == "torch"
     with pytest.raises(ValueError, match="backend='triton' requires a CUDA tensor"):
-        resolve_backend("triton", x)
+        resolve_backend("sigmoid_focal_loss", "triton", x)
 
 
 def test_auto_picks_triton_under_interpreter():
-    assert resolve_backend("auto", torch.randn(3)) == "triton"
-    assert resolve_backend("torch", torch.randn(3)) == "torch"
-    assert resolve_backend("auto", torch.randn(3, dtype=torch.float64)) == "torch"
+    loss = "sigmoid_focal_loss"
+    assert resolve_backend(loss, "auto", torch.randn(3)).backend == "triton"
+    assert resolve_backend(loss, "torch", torch.randn(3)).backend == "torch"
+    assert (
+        resolve_backend("ghm_r_loss", "auto", torch.randn(3, dtype=torch.float64)).backend
+        == "torch"
+    )
 
 
 def test_forced_triton_without_triton_raises(monkeypatch):
     monkeypatch.setattr(dispatch, "triton_available", lambda: False)
     x = torch.randn(3)
-    assert resolve_backend("auto", x) == "torch"
+    assert resolve_backend("ghm_r_loss", "auto", x).backend == "torch"
     with pytest.raises(ValueError, match=r"backend='triton' requires triton.*found no importable"):
         fk.sigmoid_focal_loss(x, torch.rand(3), backend="triton")
 

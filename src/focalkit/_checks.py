@@ -133,3 +133,165 @@ def check_values_in_unit_interval(name: str, tensor: Tensor) -> None:
     if tensor.numel() and bool(((tensor < 0) | (tensor > 1) | tensor.isnan()).any()):
         lo, hi = float(tensor.min()), float(tensor.max())
         raise ValueError(f"{name}: expected values in [0, 1], got values in [{lo}, {hi}]")
+
+
+# --------------------------------------------------------------------------------------------
+# loss-specific hyperparameters
+# --------------------------------------------------------------------------------------------
+
+FLSD = "flsd53"
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
+IOU_MODES = ("linear", "log")
+
+
+def check_gamma(gamma: float | str | Tensor) -> float | str | Tensor:
+    """The focusing parameter of the focal losses: a number >= 0 (returned as a float),
+    ``"flsd53"``, or a 0-dim float tensor (returned detached). ``"auto"`` needs the Module."""
+    if isinstance(gamma, str):
+        if gamma == FLSD:
+            return gamma
+        if gamma == "auto":
+            raise ValueError(
+                "gamma: 'auto' keeps a running estimate across batches, so it needs the Module "
+                "(SigmoidFocalLoss(gamma='auto') or SoftmaxFocalLoss(gamma='auto')), "
+                "not the function"
+            )
+        raise ValueError(f"gamma: expected a number >= 0 or 'flsd53', got {gamma!r}")
+    if isinstance(gamma, Tensor):
+        if gamma.dim() != 0 or not gamma.is_floating_point():
+            raise ValueError(
+                f"gamma: expected a number >= 0, 'flsd53' or a 0-dim float tensor, "
+                f"got a {gamma.dtype} tensor of shape {tuple(gamma.shape)}"
+            )
+        return gamma.detach()
+    check_nonnegative("gamma", gamma)
+    return float(gamma)
+
+
+def check_label_smoothing(label_smoothing: float) -> float:
+    if (
+        isinstance(label_smoothing, bool)
+        or not isinstance(label_smoothing, (int, float))
+        or not (0.0 <= label_smoothing <= 1.0)
+    ):
+        raise ValueError(f"label_smoothing: expected a number in [0, 1], got {label_smoothing!r}")
+    return float(label_smoothing)
+
+
+def check_class_weight(weight: Tensor | None, num_classes: int) -> None:
+    """``weight``: None or a floating ``(C,)`` tensor (one rescaling factor per class)."""
+    if weight is None:
+        return
+    check_floating("weight", weight)
+    if weight.shape != (num_classes,):
+        raise ValueError(
+            f"weight: expected a per-class tensor of shape ({num_classes},), "
+            f"got {tuple(weight.shape)}"
+        )
+
+
+def check_elementwise_weight(weight: Tensor | None, shape: torch.Size) -> None:
+    """``weight``: None or a tensor that broadcasts to ``shape`` without changing it."""
+    if weight is None:
+        return
+    check_tensor("weight", weight)
+    check_broadcastable_to("weight", weight, shape)
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+
+
+def check_sync(sync: bool | None) -> None:
+    if sync not in (None, True, False):
+        raise ValueError(f"sync: expected None, True or False, got {sync!r}")
+
+
+def check_bins_momentum(bins: int, momentum: float) -> None:
+    check_int_at_least("bins", bins, 1)
+    check_unit_interval("momentum", momentum, closed_right=False)
+
+
+def check_focal_l1(alpha: float, beta: float) -> None:
+    check_positive("alpha", alpha)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise TypeError(f"beta: expected a number, got {beta!r}")
+    if not (1 / math.e - 1e-12 <= beta <= 1):
+        raise ValueError(
+            f"beta: expected a number in [1/e, 1] (1/e = {1 / math.e:.6f}), got {beta!r}"
+        )
+
+
+def check_open_unit_interval(name: str, value: float) -> None:
+    """``value`` in (0, 1), e.g. a prior probability."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < 1):
+        raise ValueError(f"{name}: expected a probability in (0, 1), got {value!r}")
+
+
+def check_sample_counts(counts: Tensor) -> None:
+    """Per-class sample counts: a non-empty 1-D tensor of finite values >= 0."""
+    if counts.dim() != 1 or counts.numel() == 0:
+        raise ValueError(
+            f"samples_per_class: expected a non-empty 1-D sequence of counts, "
+            f"got shape {tuple(counts.shape)}"
+        )
+    if bool((counts < 0).any()) or not bool(torch.isfinite(counts).all()):
+        raise ValueError(f"samples_per_class: expected finite counts >= 0, got {counts.tolist()}")
+
+
+def check_boxes(pred_boxes: Tensor, target_boxes: Tensor, box_format: str) -> None:
+    """Two floating ``(..., 4)`` box tensors of one shape, and a known ``box_format``."""
+    check_floating("pred_boxes", pred_boxes)
+    check_floating("target_boxes", target_boxes)
+    if pred_boxes.dim() == 0 or pred_boxes.shape[-1] != 4:
+        raise ValueError(
+            f"pred_boxes: expected shape (..., 4) (one box per row), got {tuple(pred_boxes.shape)}"
+        )
+    check_same_shape("target_boxes", target_boxes, pred_boxes.shape, "the shape of pred_boxes")
+    check_choice("box_format", box_format, BOX_FORMATS)
+
+
+# --------------------------------------------------------------------------------------------
+# target values (read only where the caller allows it: validate=True, or free on CPU)
+# --------------------------------------------------------------------------------------------
+
+
+def check_class_indices(
+    targets: Tensor, num_classes: int, ignore_index: int, *, background: bool
+) -> None:
+    """Class indices in ``[0, C)`` (``[0, C]`` with ``background``: ``C`` is background) or
+    ``ignore_index``. Reads values (a device sync off the CPU)."""
+    top = num_classes if background else num_classes - 1
+    bad = ((targets < 0) | (targets > top)) & (targets != ignore_index)
+    if bool(bad.any()):
+        value = int(targets[bad][0])
+        if background:
+            expected = f"[0, {num_classes}] ({num_classes} = background)"
+        else:
+            expected = f"[0, {num_classes})"
+        raise ValueError(
+            f"targets: expected class indices in {expected} or ignore_index={ignore_index}, "
+            f"got {value}"
+        )
+
+
+def check_binary_labels(targets: Tensor, valid: Tensor, ignore_index: int) -> None:
+    """Integer targets of the logits' shape: 0, 1 or ``ignore_index``. Reads values."""
+    bad = valid & (targets != 0) & (targets != 1)
+    if bool(bad.any()):
+        raise ValueError(
+            f"targets: integer targets of the logits' shape must be 0, 1 or "
+            f"ignore_index={ignore_index}, got {int(targets[bad][0])}"
+        )
+
+
+def check_xyxy(name: str, boxes: Tensor) -> None:
+    """``x2 >= x1`` and ``y2 >= y1`` for every box. Reads values: only with ``validate=True``."""
+    bad = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
+    if bool(bad.any()):
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name}: expected x2 >= x1 and y2 >= y1 for every box (in xyxy form), got "
+            f"{boxes[where].tolist()} at index {where}"
+        )

@@ -278,6 +278,12 @@ class Impl:
     loss: Callable[[torch.Tensor, Case], torch.Tensor] | None  # None: the copy row
 
 
+def _eager(x: torch.Tensor) -> str:
+    """The backend of the "focalkit (torch)" rows: the chunked CPU path on a CPU tensor, the
+    plain torch formula elsewhere (torch ops, no Triton)."""
+    return "chunked" if x.device.type == "cpu" else "torch"
+
+
 def implementations(
     case: Case, *, compile_ok: bool, skipped: dict[str, str], with_compile: bool = True
 ) -> list[Impl]:
@@ -291,10 +297,10 @@ def implementations(
         Impl(
             "focalkit (torch)",
             "sigmoid",
-            lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend="torch"),
+            lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend=_eager(x)),
         ),
     ]
-    triton = resolve_backend("auto", case.logits) == "triton"
+    triton = resolve_backend("sigmoid_focal_loss", "auto", case.logits).backend == "triton"
     if triton:
         impls.append(
             Impl(
@@ -351,7 +357,7 @@ def implementations(
         Impl(
             REFERENCE["softmax"],
             "softmax",
-            lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0, backend="torch"),
+            lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0, backend=_eager(x)),
         )
     )
     if triton:
@@ -367,7 +373,7 @@ def implementations(
         Impl(
             REFERENCE["ghm_c"],
             "ghm_c",
-            lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30, backend="torch"),
+            lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30, backend=_eager(x)),
         ),
     ]
     if triton:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._checks import check_values_in_unit_interval
+from .._checks import check_binary_labels, check_class_indices, check_values_in_unit_interval
 from .._compat import may_read_values
 
 
@@ -50,16 +50,6 @@ class SigmoidTargets:
         return y, self.valid_rows.unsqueeze(-1).expand(shape)
 
 
-def _check_index_range(targets: Tensor, num_classes: int, ignore_index: int) -> None:
-    bad = ((targets < 0) | (targets > num_classes)) & (targets != ignore_index)
-    if bool(bad.any()):
-        value = int(targets[bad][0])
-        raise ValueError(
-            f"targets: expected class indices in [0, {num_classes}] ({num_classes} = background) "
-            f"or ignore_index={ignore_index}, got {value}"
-        )
-
-
 def parse_sigmoid_targets(
     logits: Tensor, targets: Tensor, ignore_index: int, validate: bool | None
 ) -> SigmoidTargets:
@@ -74,12 +64,7 @@ def parse_sigmoid_targets(
             return SigmoidTargets(num_classes, dense=targets)
         valid = targets != ignore_index
         if check_values:
-            bad = valid & (targets != 0) & (targets != 1)
-            if bool(bad.any()):
-                raise ValueError(
-                    f"targets: integer targets of the logits' shape must be 0, 1 or "
-                    f"ignore_index={ignore_index}, got {int(targets[bad][0])}"
-                )
+            check_binary_labels(targets, valid, ignore_index)
         return SigmoidTargets(num_classes, dense=targets * valid, dense_valid=valid)
     if logits.dim() > 0 and targets.shape == logits.shape[:-1]:
         if targets.is_floating_point() or targets.dtype == torch.bool:
@@ -88,7 +73,7 @@ def parse_sigmoid_targets(
                 f"tensor, got dtype {targets.dtype}"
             )
         if check_values:
-            _check_index_range(targets, num_classes, ignore_index)
+            check_class_indices(targets, num_classes, ignore_index, background=True)
         labels = targets.long()
         return SigmoidTargets(num_classes, labels=labels, valid_rows=labels != ignore_index)
     raise ValueError(

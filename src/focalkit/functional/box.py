@@ -35,24 +35,33 @@ https://arxiv.org/abs/2101.08158.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .._checks import (
+    BOX_FORMATS,
+    IOU_MODES,
+    check_boxes,
+    check_choice,
     check_floating,
+    check_focal_l1,
     check_nonnegative,
     check_normalizer,
     check_positive,
     check_reduction,
     check_same_shape,
     check_tensor,
+    check_xyxy,
 )
 from .._compat import compute_dtype, output_dtype
 from .._reduce import reduce_loss
 from ..kernels.dispatch import resolve_backend
 
 __all__ = [
+    "BOX_FORMATS",
+    "IOU_MODES",
     "box_convert",
     "ciou_loss",
     "diou_loss",
@@ -63,19 +72,12 @@ __all__ = [
     "iou_loss",
 ]
 
-BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
-IOU_MODES = ("linear", "log")
 _FOUR_OVER_PI2 = 4.0 / math.pi**2
 
 
 # --------------------------------------------------------------------------------------------
 # box formats and argument checks
 # --------------------------------------------------------------------------------------------
-
-
-def _check_format(name: str, fmt: str) -> None:
-    if fmt not in BOX_FORMATS:
-        raise ValueError(f"{name}: expected one of {BOX_FORMATS}, got {fmt!r}")
 
 
 def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
@@ -88,8 +90,8 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
         tensor([[2.5000, 4.0000, 3.0000, 4.0000]])
     """
     check_tensor("boxes", boxes)
-    _check_format("in_fmt", in_fmt)
-    _check_format("out_fmt", out_fmt)
+    check_choice("in_fmt", in_fmt, BOX_FORMATS)
+    check_choice("out_fmt", out_fmt, BOX_FORMATS)
     if boxes.dim() == 0 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes: expected shape (..., 4), got {tuple(boxes.shape)}")
     if in_fmt == out_fmt:
@@ -105,38 +107,6 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     elif out_fmt == "cxcywh":
         a, b, c, d = 0.5 * (a + c), 0.5 * (b + d), c - a, d - b
     return torch.stack((a, b, c, d), dim=-1)
-
-
-def _check_box_args(
-    pred_boxes: Tensor,
-    target_boxes: Tensor,
-    box_format: str,
-    eps: float,
-    reduction: str,
-    normalizer: float | Tensor | None,
-) -> None:
-    check_floating("pred_boxes", pred_boxes)
-    check_floating("target_boxes", target_boxes)
-    if pred_boxes.dim() == 0 or pred_boxes.shape[-1] != 4:
-        raise ValueError(
-            f"pred_boxes: expected shape (..., 4) (one box per row), got {tuple(pred_boxes.shape)}"
-        )
-    check_same_shape("target_boxes", target_boxes, pred_boxes.shape, "the shape of pred_boxes")
-    _check_format("box_format", box_format)
-    check_positive("eps", eps)
-    check_reduction(reduction)
-    check_normalizer(normalizer, reduction)
-
-
-def _validate_xyxy(name: str, boxes: Tensor) -> None:
-    """Reads values (a device sync): only with ``validate=True``."""
-    bad = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
-    if bool(bad.any()):
-        where = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"{name}: expected x2 >= x1 and y2 >= y1 for every box (in xyxy form), got "
-            f"{boxes[where].tolist()} at index {where}"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,41 +196,51 @@ def _triton_per_box(
     return triton_box_loss(pred, target, TritonBoxSpec(kind, float(eps), float(gamma)))
 
 
+class _BoxOptions(NamedTuple):
+    """The keywords every IoU-family loss shares (see ``_COMMON_ARGS``)."""
+
+    box_format: str
+    eps: float
+    weight: Tensor | None
+    reduction: str
+    normalizer: float | Tensor | None
+    validate: bool
+    backend: str
+
+
 def _box_loss(
     kind: str,
     pred_boxes: Tensor,
     target_boxes: Tensor,
+    opts: _BoxOptions,
     *,
-    box_format: str,
-    eps: float,
-    weight: Tensor | None,
-    reduction: str,
-    normalizer: float | Tensor | None,
-    validate: bool,
     gamma: float = 0.0,
     mode: str = "linear",
-    backend: str = "auto",
 ) -> Tensor:
-    _check_box_args(pred_boxes, target_boxes, box_format, eps, reduction, normalizer)
-    if weight is not None:
-        check_tensor("weight", weight)
+    check_boxes(pred_boxes, target_boxes, opts.box_format)
+    check_positive("eps", opts.eps)
+    check_reduction(opts.reduction)
+    check_normalizer(opts.normalizer, opts.reduction)
+    if opts.weight is not None:
+        check_tensor("weight", opts.weight)
     # the kernel differentiates w.r.t. pred_boxes only (see kernels/triton_box.py)
-    unsupported = "target_boxes that require grad" if target_boxes.requires_grad else None
-    use_triton = resolve_backend(backend, pred_boxes, unsupported=unsupported) == "triton"
+    lacks = "target_boxes that require grad" if target_boxes.requires_grad else None
+    choice = resolve_backend("box_loss", opts.backend, pred_boxes, unsupported={"triton": lacks})
+    use_triton = choice.backend == "triton"
     out_dtype = output_dtype(pred_boxes)
     cdtype = compute_dtype(pred_boxes)
     with torch.autocast(pred_boxes.device.type, enabled=False):
-        if use_triton and box_format == "xyxy":  # the kernel upcasts to float32 on load
+        if use_triton and opts.box_format == "xyxy":  # the kernel upcasts to float32 on load
             pred, target = pred_boxes, target_boxes
         else:
-            pred = box_convert(pred_boxes.to(cdtype), box_format, "xyxy")
-            target = box_convert(target_boxes.to(cdtype), box_format, "xyxy")
-        if validate:
-            _validate_xyxy("pred_boxes", pred)
-            _validate_xyxy("target_boxes", target)
+            pred = box_convert(pred_boxes.to(cdtype), opts.box_format, "xyxy")
+            target = box_convert(target_boxes.to(cdtype), opts.box_format, "xyxy")
+        if opts.validate:
+            check_xyxy("pred_boxes", pred)
+            check_xyxy("target_boxes", target)
         per_box = _triton_per_box if use_triton else _torch_per_box
-        loss = per_box(kind, pred, target, eps, gamma, mode)
-        loss = reduce_loss(loss, reduction, weight=weight, normalizer=normalizer)
+        loss = per_box(kind, pred, target, opts.eps, gamma, mode)
+        loss = reduce_loss(loss, opts.reduction, weight=opts.weight, normalizer=opts.normalizer)
     return loss.to(out_dtype)
 
 
@@ -278,7 +258,8 @@ _COMMON_ARGS = """
         validate: if True, raise ValueError when a box has ``x2 < x1`` or ``y2 < y1``
             (reads values: a device sync; off by default).
         backend: ``"auto"`` (default: the Triton kernel for float32/float16/bfloat16 CUDA
-            tensors when triton is installed, else torch), ``"torch"`` or ``"triton"``
+            tensors when triton is installed, else the plain ``"torch"`` formula),
+            ``"torch"`` or ``"triton"``
             (``ValueError`` where it cannot run: float64, no CUDA, no triton, or
             ``target_boxes`` that require grad, which only torch differentiates). Both give
             the same values and gradients; the Triton backward is once-differentiable
@@ -320,20 +301,13 @@ def iou_loss(
         >>> fk.iou_loss(pred, target, mode="log")
         tensor(0.9383)
     """
-    if mode not in IOU_MODES:
-        raise ValueError(f"mode: expected one of {IOU_MODES}, got {mode!r}")
+    check_choice("mode", mode, IOU_MODES)
     return _box_loss(
         "iou",
         pred_boxes,
         target_boxes,
-        box_format=box_format,
-        eps=eps,
-        weight=weight,
-        reduction=reduction,
-        normalizer=normalizer,
-        validate=validate,
+        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
         mode=mode,
-        backend=backend,
     )
 
 
@@ -365,13 +339,7 @@ def giou_loss(
         "giou",
         pred_boxes,
         target_boxes,
-        box_format=box_format,
-        eps=eps,
-        weight=weight,
-        reduction=reduction,
-        normalizer=normalizer,
-        validate=validate,
-        backend=backend,
+        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
     )
 
 
@@ -405,13 +373,7 @@ def diou_loss(
         "diou",
         pred_boxes,
         target_boxes,
-        box_format=box_format,
-        eps=eps,
-        weight=weight,
-        reduction=reduction,
-        normalizer=normalizer,
-        validate=validate,
-        backend=backend,
+        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
     )
 
 
@@ -450,13 +412,7 @@ def ciou_loss(
         "ciou",
         pred_boxes,
         target_boxes,
-        box_format=box_format,
-        eps=eps,
-        weight=weight,
-        reduction=reduction,
-        normalizer=normalizer,
-        validate=validate,
-        backend=backend,
+        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
     )
 
 
@@ -495,13 +451,7 @@ def eiou_loss(
         "eiou",
         pred_boxes,
         target_boxes,
-        box_format=box_format,
-        eps=eps,
-        weight=weight,
-        reduction=reduction,
-        normalizer=normalizer,
-        validate=validate,
-        backend=backend,
+        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
     )
 
 
@@ -536,14 +486,8 @@ def focal_eiou_loss(
         "focal_eiou",
         pred_boxes,
         target_boxes,
-        box_format=box_format,
-        eps=eps,
-        weight=weight,
-        reduction=reduction,
-        normalizer=normalizer,
-        validate=validate,
+        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
         gamma=float(gamma),
-        backend=backend,
     )
 
 
@@ -555,16 +499,6 @@ del _fn
 # --------------------------------------------------------------------------------------------
 # FocalL1
 # --------------------------------------------------------------------------------------------
-
-
-def _check_focal_l1(alpha: float, beta: float) -> None:
-    check_positive("alpha", alpha)
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-        raise TypeError(f"beta: expected a number, got {beta!r}")
-    if not (1 / math.e - 1e-12 <= beta <= 1):
-        raise ValueError(
-            f"beta: expected a number in [1/e, 1] (1/e = {1 / math.e:.6f}), got {beta!r}"
-        )
 
 
 def focal_l1_loss(
@@ -609,7 +543,7 @@ def focal_l1_loss(
     check_floating("pred", pred)
     check_floating("target", target)
     check_same_shape("target", target, pred.shape, "the shape of pred")
-    _check_focal_l1(alpha, beta)
+    check_focal_l1(alpha, beta)
     check_reduction(reduction)
     check_normalizer(normalizer, reduction)
     if weight is not None:

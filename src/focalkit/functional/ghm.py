@@ -10,20 +10,24 @@ so bin ``j`` holds exactly ``j/M <= g < (j+1)/M`` (left-closed; ``g = 1`` goes i
 bin; float64 inputs round ``g * M`` once). The reference code compares with float32 edges
 ``arange(M + 1) / M`` instead; the two differ only for a ``g`` equal to an edge that float32
 rounds below ``j/M`` (e.g. ``g = float32(0.7)`` with ``M = 10``: bin 6 here, 7 there).
-Counts are integer (``bincount`` on CPU, ``scatter_add`` of int64 ones elsewhere and
-under ``torch.compile``), so they are exact beyond ``2**24`` elements; weights are formed per
-bin in float64 and gathered per element. There is no Python loop over bins and no ``.item()``.
+Counts are integer (a ``scatter_add`` of int64 ones here; ``bincount`` in the chunked CPU
+backend), so they are exact beyond ``2**24`` elements; weights are formed per bin in float64
+and gathered per element. There is no Python loop over bins and no ``.item()``.
 
-``backend="triton"`` (:mod:`focalkit.kernels.triton_ghm`, the default for CUDA tensors when
-triton is importable) builds the same counts in a kernel and computes the weighted loss and its
-gradient in a second one; the steps in between (all-reduce for ``sync``, EMA, per-bin weights)
-are the torch code below, on tensors of ``bins + 1`` entries.
+This module holds the plain formula (the ``"torch"`` backend). The fast paths are the
+``"chunked"`` CPU backend (:mod:`focalkit.kernels.chunked`: the same two passes in cache-sized
+chunks) and ``"triton"`` (:mod:`focalkit.kernels.triton_ghm`: the counts in one kernel, the
+weighted loss and its gradient in a second one); the steps in between (all-reduce for
+``sync``, EMA, per-bin weights) are the torch code below on tensors of ``bins + 1`` entries,
+for every backend. :mod:`focalkit.kernels.dispatch` decides which backend runs.
 
 Reference: B. Li, Y. Liu, X. Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019,
 https://arxiv.org/abs/1811.05181 (authors' code: github.com/libuyu/GHM_Detection).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,16 +36,16 @@ from torch import Tensor
 from .. import distributed
 from .._autograd import refuse_double_backward
 from .._checks import (
+    check_bins_momentum,
     check_broadcastable_to,
+    check_elementwise_weight,
     check_floating,
-    check_int_at_least,
     check_positive,
     check_reduction,
     check_same_shape,
     check_tensor,
-    check_unit_interval,
 )
-from .._compat import compute_dtype, is_compiling, output_dtype
+from .._compat import compute_dtype, output_dtype
 from .._reduce import finish
 from ..kernels.dispatch import outside_compiled_graph, resolve_backend
 from ._targets import SigmoidTargets, parse_sigmoid_targets
@@ -50,20 +54,8 @@ _LOSSES = "focalkit GHM-C losses"  # named by the double-backward error
 
 __all__ = ["ghm_c_loss", "ghm_r_loss"]
 
-# Elements per chunk on the CPU eager path: the temporaries of one chunk stay in cache and no
-# full-size temporary is allocated (page faults dominate otherwise). torch.compile and
-# accelerators process the tensor in one piece.
-CHUNK_ELEMENTS = 1 << 16
 
-
-def _chunks(flat: Tensor) -> list[slice]:
-    n = flat.shape[0]
-    if is_compiling() or flat.device.type != "cpu" or n <= CHUNK_ELEMENTS:
-        return [slice(None)]
-    return [slice(i, min(i + CHUNK_ELEMENTS, n)) for i in range(0, n, CHUNK_ELEMENTS)]
-
-
-def _index_dtype(bins: int) -> torch.dtype:
+def index_dtype(bins: int) -> torch.dtype:
     """Smallest integer dtype holding the slots ``0 .. bins`` (bins + the dropped slot)."""
     if bins < 2**8:
         return torch.uint8
@@ -77,7 +69,7 @@ def _index_dtype(bins: int) -> torch.dtype:
 # --------------------------------------------------------------------------------------------
 
 
-def _scaled_bins(g: Tensor, bins: int, keep: Tensor | None) -> Tensor:
+def scaled_bins(g: Tensor, bins: int, keep: Tensor | None) -> Tensor:
     """float64 bin numbers: ``floor(g * bins)`` (exact for a float32 ``g``) capped at
     ``bins - 1``; dropped elements (not in ``keep``, or NaN) get ``bins``."""
     scaled = (
@@ -96,27 +88,15 @@ def bin_index(g: Tensor, bins: int, keep: Tensor | None) -> Tensor:
     """int64 bin of each ``g`` in ``[0, 1]``: bin ``j`` holds ``j/M <= g < (j+1)/M`` (``M =
     bins``; left-closed, ``g >= 1`` in the last bin); elements not in ``keep`` and NaN go to
     the extra slot ``bins``, which counts nowhere and weighs 0."""
-    return _scaled_bins(g, bins, keep).to(torch.int64)
+    return scaled_bins(g, bins, keep).to(torch.int64)
 
 
 def bin_counts(index: Tensor, bins: int) -> Tensor:
     """Exact int64 count of each bin ``0 .. bins - 1`` of an integer ``index`` (the slot
-    ``bins`` is dropped).
-
-    CPU eager uses ``bincount``; elsewhere (CUDA ``bincount`` reads the maximum back to the
-    host) and under ``torch.compile`` a fixed-size ``scatter_add`` of int64 ones."""
-    flat = index.reshape(-1)
-    if flat.device.type == "cpu" and not is_compiling():
-        return _counts_bincount(flat, bins)
-    return _counts_scatter(flat, bins)
-
-
-def _counts_bincount(flat: Tensor, bins: int) -> Tensor:
-    return torch.bincount(flat, minlength=bins + 1)[:bins]
-
-
-def _counts_scatter(flat: Tensor, bins: int) -> Tensor:
-    flat = flat.long()
+    ``bins`` is dropped): a fixed-size ``scatter_add`` of int64 ones, which runs on every
+    device and under ``torch.compile`` without a host sync (CUDA ``bincount`` reads the
+    maximum back to the host)."""
+    flat = index.reshape(-1).long()
     counts = torch.zeros(bins + 1, dtype=torch.int64, device=flat.device)
     return counts.scatter_add(0, flat, torch.ones_like(flat))[:bins]
 
@@ -185,11 +165,6 @@ def _harmonize(
     return per_bin, total
 
 
-def _check_bins_momentum(bins: int, momentum: float) -> None:
-    check_int_at_least("bins", bins, 1)
-    check_unit_interval("momentum", momentum, closed_right=False)
-
-
 # --------------------------------------------------------------------------------------------
 # GHM-C
 # --------------------------------------------------------------------------------------------
@@ -207,48 +182,49 @@ def _keep_mask(
     return mask if parsed_keep is None else mask & parsed_keep
 
 
-class _WeightedBCE(torch.autograd.Function):
+def gradient_norm(x: Tensor, y: Tensor) -> Tensor:
+    """``g = |sigmoid(x) - y|``, the norm of d BCE / d x, in [0, 1]."""
+    return torch.sigmoid(x).sub_(y).abs_()
+
+
+def bin_pass_plain(x: Tensor, y: Tensor, keep: Tensor | None, bins: int) -> tuple[Tensor, Tensor]:
+    """Bin index (a compact integer dtype) and int64 counts of ``g`` over flat ``x``."""
+    index = scaled_bins(gradient_norm(x, y), bins, keep).to(index_dtype(bins))
+    return index, bin_counts(index, bins)
+
+
+def weighted_bce_plain(
+    x: Tensor, y: Tensor, index: Tensor, per_bin: Tensor, reduce_sum: bool, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
     """``sum_i w_i BCE(x_i, y_i)`` (or the elementwise terms) with ``w_i = per_bin[index_i]``,
-    computed chunk by chunk; the gradient ``w_i (sigmoid(x_i) - y_i)`` is formed in the same
-    pass and stored, so backward is a multiplication by ``grad_output`` (and a second
-    derivative, ``create_graph=True``, is refused rather than silently zero). Inputs are flat."""
+    and its gradient ``w_i (sigmoid(x_i) - y_i)``."""
+    w = per_bin.take(index.long())
+    loss = F.binary_cross_entropy_with_logits(x, y, w, reduction="sum" if reduce_sum else "none")
+    grad = torch.sigmoid(x).sub_(y).mul_(w) if need_grad else None
+    return loss, grad
+
+
+BinPass = Callable[[Tensor, Tensor, Tensor | None, int], tuple[Tensor, Tensor]]
+WeightedBCE = Callable[[Tensor, Tensor, Tensor, Tensor, bool, bool], tuple[Tensor, Tensor | None]]
+
+
+class _WeightedBCE(torch.autograd.Function):
+    """:func:`weighted_bce_plain` (or the chunked backend's, passed as ``compute``) as an
+    autograd Function: the gradient is formed in forward and stored, so backward is a
+    multiplication by ``grad_output`` (and a second derivative, ``create_graph=True``, is
+    refused rather than silently zero). Inputs are flat."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, index: Tensor, per_bin: Tensor, reduce_sum: bool):
-        need_grad = ctx.needs_input_grad[0]
-        grad = torch.empty_like(x) if need_grad else None
-        out = None if reduce_sum else torch.empty_like(x)
-        total = x.new_zeros(())
-        for s in _chunks(x):
-            xc, yc = x[s], y[s]
-            w = per_bin.take(index[s].long())
-            if reduce_sum:
-                total = total + F.binary_cross_entropy_with_logits(xc, yc, w, reduction="sum")
-            else:
-                out[s] = F.binary_cross_entropy_with_logits(xc, yc, w, reduction="none")
-            if need_grad:
-                grad[s] = torch.sigmoid(xc).sub_(yc).mul_(w)
-        ctx.reduce_sum = reduce_sum
+    def forward(ctx, x, y, index, per_bin, reduce_sum: bool, compute: WeightedBCE):
+        loss, grad = compute(x, y, index, per_bin, reduce_sum, ctx.needs_input_grad[0])
         ctx.save_for_backward(grad)
-        return total if reduce_sum else out
+        return loss
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         refuse_double_backward(_LOSSES)
         (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None, None, None
-
-
-def _bin_pass(x: Tensor, y: Tensor, keep: Tensor | None, bins: int) -> tuple[Tensor, Tensor]:
-    """Bin index (a compact integer dtype) and int64 counts of ``g = |sigmoid(x) - y|`` over
-    flat ``x``, chunk by chunk (cache-sized on CPU eager, one piece otherwise)."""
-    index = torch.empty(x.shape, dtype=_index_dtype(bins), device=x.device)
-    counts = torch.zeros(bins, dtype=torch.int64, device=x.device)
-    for s in _chunks(x):
-        g = torch.sigmoid(x[s]).sub_(y[s]).abs_()  # |dBCE/dx|, in [0, 1]
-        index[s] = _scaled_bins(g, bins, None if keep is None else keep[s])
-        counts = counts + bin_counts(index[s], bins)
-    return index, counts
+        return grad * grad_output, None, None, None, None, None
 
 
 def ghm_c_forward(
@@ -270,15 +246,15 @@ def ghm_c_forward(
     check_floating("logits", logits)
     check_tensor("targets", targets)
     check_reduction(reduction)
-    _check_bins_momentum(bins, momentum)
+    check_bins_momentum(bins, momentum)
     parsed = parse_sigmoid_targets(logits, targets, ignore_index, None)
     keep = _keep_mask(valid, logits.shape, None)
     world = distributed.sync_world_size(sync)
-    use_triton = resolve_backend(backend, logits) == "triton"
+    choice = resolve_backend("ghm_c_loss", backend, logits)
     out_dtype = output_dtype(logits)
     cdtype = compute_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
-        if use_triton:  # the mean is folded into the kernel's weights: the loss is final
+        if choice.backend == "triton":  # the mean is folded into the kernel's weights
             loss = _ghm_c_triton(
                 logits, parsed, keep, bins, ignore_index, reduction, world, ema, momentum, update
             )
@@ -289,10 +265,18 @@ def ghm_c_forward(
             x = logits.to(cdtype).reshape(-1)
             y = y.reshape(-1)
             keep = None if keep is None else keep.reshape(-1)
+            bin_pass: BinPass = bin_pass_plain
+            weighted_bce: WeightedBCE = weighted_bce_plain
+            if choice.backend == "chunked":
+                from ..kernels.chunked import ghm_bin_pass, ghm_weighted_bce
+
+                bin_pass, weighted_bce = ghm_bin_pass, ghm_weighted_bce
             with torch.no_grad():
-                index, counts = _bin_pass(x.detach(), y, keep, bins)
+                index, counts = bin_pass(x.detach(), y, keep, bins)
                 per_bin, n_valid = _harmonize(counts, counts.sum(), world, ema, momentum, update)
-            loss = _WeightedBCE.apply(x, y, index, per_bin.to(cdtype), reduction != "none")
+            loss = _WeightedBCE.apply(
+                x, y, index, per_bin.to(cdtype), reduction != "none", weighted_bce
+            )
             if reduction != "none":
                 loss = finish(loss, reduction, denominator=n_valid / world)
         if reduction == "none":
@@ -385,10 +369,11 @@ def ghm_c_loss(
             all-ignored batch gives 0 with zero gradient), ``"sum"`` (``sum_i w_i BCE_i``) or
             ``"none"`` (``w_i BCE_i``, the logits' shape).
         backend: ``"auto"`` (default: the Triton kernels for float32/float16/bfloat16 CUDA
-            tensors when triton is importable, else torch), ``"torch"`` or ``"triton"``
-            (``ValueError`` where it cannot run, e.g. float64 or a CPU tensor). The Triton path
-            builds the histogram in a kernel and needs no host sync; it takes every option.
-            See :mod:`focalkit.kernels.dispatch`.
+            tensors when triton is importable, the ``"chunked"`` CPU path for CPU tensors,
+            else the plain ``"torch"`` formula), or one of those names (``ValueError``
+            where it cannot run, e.g. ``"triton"`` for float64 or a CPU tensor). Every
+            backend takes every option; the Triton path builds the histogram in a kernel
+            and needs no host sync. See :mod:`focalkit.kernels.dispatch`.
 
     Reference:
         Li, Liu, Wang, "Gradient Harmonized Single-stage Detector", AAAI 2019,
@@ -438,16 +423,14 @@ def ghm_r_forward(
     check_floating("target", target)
     check_same_shape("target", target, pred.shape, "the shape of pred")
     check_positive("mu", mu)
-    _check_bins_momentum(bins, momentum)
-    if weight is not None:
-        check_tensor("weight", weight)
-        check_broadcastable_to("weight", weight, pred.shape)
+    check_bins_momentum(bins, momentum)
+    check_elementwise_weight(weight, pred.shape)
     world = distributed.sync_world_size(sync)
-    use_triton = resolve_backend(backend, pred) == "triton"
+    choice = resolve_backend("ghm_r_loss", backend, pred)
     out_dtype = output_dtype(pred)
     cdtype = compute_dtype(pred)
     with torch.autocast(pred.device.type, enabled=False):
-        if use_triton:
+        if choice.backend == "triton":
             total_loss, total = _ghm_r_triton(
                 pred, target, weight, mu, bins, world, ema, momentum, update
             )
@@ -539,8 +522,9 @@ def ghm_r_loss(
         bins: number of bins ``M >= 1`` (default 10).
         weight: optional label weights broadcastable to ``pred``'s shape.
         backend: ``"auto"`` (default: the Triton kernels for float32/float16/bfloat16 CUDA
-            tensors when triton is importable, else torch), ``"torch"`` or ``"triton"``
-            (``ValueError`` where it cannot run). Every option runs on both.
+            tensors when triton is importable, else the plain ``"torch"`` formula),
+            ``"torch"`` or ``"triton"`` (``ValueError`` where it cannot run). Every option
+            runs on both. See :mod:`focalkit.kernels.dispatch`.
 
     Returns:
         A scalar.

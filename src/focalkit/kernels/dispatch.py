@@ -1,44 +1,56 @@
-"""The one explicit table that decides which backend computes a loss.
+"""The one table that decides which backend computes a loss, and why.
 
-``backend`` is one of :data:`BACKENDS`:
+Every loss has the plain PyTorch formula of its :mod:`focalkit.functional` module
+(``"torch"``: every option, device, dtype and execution mode; the reference the other
+backends are tested against) and may have fast paths (:data:`LOSS_BACKENDS`):
 
-* ``"torch"``: the plain PyTorch path (every feature, every device and dtype).
-* ``"triton"``: the Triton kernel; every rule of :data:`TRITON_RULES` must hold, otherwise a
-  ``ValueError`` names ``backend``, what is required and what was found.
-* ``"auto"``: ``"triton"`` where every rule of :data:`TRITON_RULES` holds, else ``"torch"``.
+* ``"chunked"`` (:mod:`focalkit.kernels.chunked`): the CPU path. It walks the input in
+  cache-sized chunks that write into a few scratch buffers (no temporary of the input's
+  size), specialises hard 0/1 and class-index targets, and reads tensor values where that
+  is free (a CPU tensor in eager mode).
+* ``"triton"`` (``kernels/triton_*.py``): fused GPU kernels that compute the loss and its
+  gradient in one pass.
 
-:data:`TRITON_RULES`, checked in order (all read at call time, nothing at import time):
+``backend=`` takes ``"auto"`` or any backend name. A named backend runs wherever its rules
+(:data:`RULES`) hold and raises ``ValueError`` (naming ``backend``, what is required and what
+was found) where one fails. ``"auto"`` takes, in this order:
 
-=================  ===========================================================================
-rule               requirement
-=================  ===========================================================================
-triton             ``triton`` is importable
-device             the tensor is on CUDA, or on CPU with ``TRITON_INTERPRET=1`` set (Triton's
-                   interpreter: slow, meant for the CPU tests, never picked on CPU otherwise)
-dtype              float32, float16 or bfloat16 (float64 -- gradcheck, references -- is torch)
-features           the kernel supports the requested options. On torch only:
-                   ``sigmoid_focal_loss``: ``weight=`` (elementwise), ``gamma="flsd53"``, a
-                   tensor gamma (``gamma="auto"`` in the Module); ``softmax_focal_loss``:
-                   probability targets, ``label_smoothing > 0``, ``gamma="flsd53"``/tensor
-                   gamma; IoU family: ``target_boxes`` that require grad (the kernel
-                   differentiates ``pred_boxes`` only); GHM-C/GHM-R: none
-=================  ===========================================================================
+1. ``"torch"`` while ``torch.compile`` traces the call: the plain formula compiles with
+   ``fullgraph=True`` and Inductor fuses it into its own kernels, whereas a hand-written
+   kernel or a chunk loop would break the graph. (A named ``"chunked"`` or ``"triton"``
+   still runs there, eagerly, outside the compiled graph: :func:`outside_compiled_graph`.)
+2. each fast backend of the loss, in the order of :data:`LOSS_BACKENDS`, whose rules all hold;
+3. ``"torch"`` otherwise.
 
-Inside ``torch.compile`` (while dynamo traces), ``"auto"`` is ``"torch"``: the torch path
-compiles with ``fullgraph=True`` and Inductor fuses it into its own kernels, whereas a
-``torch.autograd.Function`` launching hand-written Triton kernels is traced by dynamo only
-partly (saved tensors on ``ctx``, launch grids) and differently from one torch version to the
-next. A forced ``"triton"`` there still runs the kernels, eagerly, outside the compiled graph
-(:func:`outside_compiled_graph`: a graph break, so not with ``fullgraph=True``).
+=========  ==========  =====================================================================
+backend    rule        requirement
+=========  ==========  =====================================================================
+triton     triton      ``triton`` is importable
+triton     device      a CUDA tensor, or a CPU tensor with ``TRITON_INTERPRET=1`` (Triton's
+                       interpreter: slow, for the tests, never picked on CPU otherwise)
+triton     dtype       float32, float16 or bfloat16 (float64, for gradcheck and references,
+                       is torch's)
+triton     features    the kernel supports the requested options. Torch only:
+                       ``sigmoid_focal_loss``: ``weight=``, ``gamma="flsd53"`` or a tensor
+                       gamma (``gamma="auto"`` in the Module); ``softmax_focal_loss``:
+                       probability targets, ``label_smoothing > 0``, ``gamma="flsd53"`` or a
+                       tensor gamma; IoU family: ``target_boxes`` that require grad
+chunked    device      a CPU tensor
+chunked    features    ``softmax_focal_loss``: class-index targets without label smoothing
+=========  ==========  =====================================================================
+
+:func:`recorded_choices` records, for every loss call inside it, the backend taken and why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
-from collections.abc import Callable, Collection
-from typing import NamedTuple
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -47,22 +59,51 @@ from .._compat import is_compiling
 
 __all__ = [
     "BACKENDS",
+    "LOSS_BACKENDS",
+    "RULES",
     "TRITON_DTYPES",
-    "TRITON_RULES",
+    "Choice",
     "check_backend",
     "outside_compiled_graph",
+    "recorded_choices",
     "resolve_backend",
     "triton_available",
 ]
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "chunked", "triton")
 TRITON_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
+# The fast backends of each loss, in the order "auto" tries them ("torch" is every loss's).
+LOSS_BACKENDS: dict[str, tuple[str, ...]] = {
+    "sigmoid_focal_loss": ("triton", "chunked"),
+    "softmax_focal_loss": ("triton", "chunked"),
+    "ghm_c_loss": ("triton", "chunked"),
+    "ghm_r_loss": ("triton",),
+    "box_loss": ("triton",),  # iou_loss, giou_loss, diou_loss, ciou_loss, eiou_loss, focal_eiou
+    "focal_l1_loss": (),
+}
 
-def check_backend(backend: str) -> None:
-    """ValueError unless ``backend`` is one of :data:`BACKENDS` (Modules check at construction)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+class Choice(NamedTuple):
+    """The backend that computes a call (``"torch"``, ``"chunked"`` or ``"triton"``) and why."""
+
+    loss: str
+    backend: str
+    reason: str
+
+
+def available_backends(loss: str) -> tuple[str, ...]:
+    """``"auto"``, ``"torch"`` and the fast backends of ``loss`` (a key of LOSS_BACKENDS)."""
+    return ("auto", "torch", *sorted(LOSS_BACKENDS[loss]))
+
+
+def check_backend(backend: str, loss: str | None = None) -> None:
+    """ValueError unless ``backend`` is a backend name (one ``loss`` has, if given); Modules
+    check at construction."""
+    names = BACKENDS if loss is None else available_backends(loss)
+    if backend not in names:
+        where = "" if loss is None else f" for {loss}"
+        raise ValueError(f"backend: expected one of {names}{where}, got {backend!r}")
 
 
 def triton_available() -> bool:
@@ -80,7 +121,7 @@ def _interpret() -> bool:
 class _Call(NamedTuple):
     tensor: Tensor
     dtype_ok: Collection[torch.dtype]
-    unsupported: str | None
+    unsupported: str | None  # an option this backend lacks, or None
 
 
 class _Rule(NamedTuple):
@@ -90,85 +131,163 @@ class _Rule(NamedTuple):
     found: Callable[[_Call], str]
 
 
-TRITON_RULES: tuple[_Rule, ...] = (
-    _Rule(
-        "triton",
-        "triton to be installed (pip install 'focalkit[triton]')",
-        lambda c: triton_available(),
-        lambda c: "no importable 'triton' module",
-    ),
-    _Rule(
-        "device",
-        "a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1, for tests)",
-        lambda c: c.tensor.is_cuda or (c.tensor.device.type == "cpu" and _interpret()),
-        lambda c: (
-            f"a tensor on {c.tensor.device} with TRITON_INTERPRET="
-            f"{os.environ.get('TRITON_INTERPRET', '<unset>')}"
-        ),
-    ),
-    _Rule(
-        "dtype",
-        "dtype float32, float16 or bfloat16",
-        lambda c: c.tensor.dtype in c.dtype_ok,
-        lambda c: f"dtype {c.tensor.dtype}",
-    ),
-    _Rule(
-        "features",
-        "options the triton kernel supports",
-        lambda c: c.unsupported is None,
-        lambda c: f"{c.unsupported} (only the torch backend supports it)",
-    ),
+_FEATURES = _Rule(
+    "features",
+    "options the backend supports",
+    lambda c: c.unsupported is None,
+    lambda c: f"{c.unsupported} (the torch backend supports it)",
 )
+
+RULES: dict[str, tuple[_Rule, ...]] = {
+    "triton": (
+        _Rule(
+            "triton",
+            "triton to be installed (pip install 'focalkit[triton]')",
+            lambda c: triton_available(),
+            lambda c: "no importable 'triton' module",
+        ),
+        _Rule(
+            "device",
+            "a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1, for tests)",
+            lambda c: c.tensor.is_cuda or (c.tensor.device.type == "cpu" and _interpret()),
+            lambda c: (
+                f"a tensor on {c.tensor.device} with TRITON_INTERPRET="
+                f"{os.environ.get('TRITON_INTERPRET', '<unset>')}"
+            ),
+        ),
+        _Rule(
+            "dtype",
+            "dtype float32, float16 or bfloat16",
+            lambda c: c.tensor.dtype in c.dtype_ok,
+            lambda c: f"dtype {c.tensor.dtype}",
+        ),
+        _FEATURES,
+    ),
+    "chunked": (
+        _Rule(
+            "device",
+            "a CPU tensor",
+            lambda c: c.tensor.device.type == "cpu",
+            lambda c: f"a tensor on {c.tensor.device}",
+        ),
+        _FEATURES,
+    ),
+}
+
+
+def _first_failure(backend: str, call: _Call) -> _Rule | None:
+    for rule in RULES[backend]:
+        if not rule.holds(call):
+            return rule
+    return None
+
+
+_recorders = threading.local()
+
+
+def _record(choice: Choice) -> Choice:
+    if is_compiling():  # nothing to record from inside a traced graph
+        return choice
+    stack = getattr(_recorders, "stack", None)
+    if stack:
+        stack[-1].append(choice)
+    return choice
+
+
+@contextlib.contextmanager
+def recorded_choices() -> Iterator[list[Choice]]:
+    """Collect the :class:`Choice` of every loss call made inside the block (this thread).
+
+    Example:
+        >>> import torch, focalkit as fk
+        >>> from focalkit.kernels.dispatch import recorded_choices
+        >>> with recorded_choices() as choices:
+        ...     _ = fk.sigmoid_focal_loss(torch.zeros(2, 3), torch.tensor([0, 3]))
+        >>> choices[0].backend
+        'chunked'
+        >>> choices[0].reason  # doctest: +ELLIPSIS
+        'auto: a CPU tensor in eager mode...'
+    """
+    stack = getattr(_recorders, "stack", None)
+    if stack is None:
+        stack = _recorders.stack = []
+    stack.append([])
+    try:
+        yield stack[-1]
+    finally:
+        stack.pop()
 
 
 def resolve_backend(
+    loss: str,
     backend: str,
     tensor: Tensor,
+    *,
+    unsupported: Mapping[str, str | None] | None = None,
     dtype_ok: Collection[torch.dtype] = TRITON_DTYPES,
-    unsupported: str | None = None,
-) -> str:
-    """Return ``"torch"`` or ``"triton"`` for ``backend`` in ``("auto", "torch", "triton")``.
+) -> Choice:
+    """The backend that computes ``loss`` for the user's ``backend``, and why.
 
     Args:
-        backend: the user's choice.
+        loss: a key of :data:`LOSS_BACKENDS`.
+        backend: the user's choice: ``"auto"`` or a backend name.
         tensor: the main input (its device and dtype decide).
-        dtype_ok: dtypes the kernel accepts (default float32, float16, bfloat16).
-        unsupported: ``None``, or a description of a requested option the kernel lacks
-            (e.g. ``"weight="``); "auto" then picks torch and "triton" raises.
+        unsupported: per fast backend, ``None`` or a description of a requested option it
+            lacks (e.g. ``{"triton": "weight="}``); "auto" then skips it and naming it raises.
+        dtype_ok: dtypes the Triton kernel accepts (default float32, float16, bfloat16).
 
     Raises:
-        ValueError: unknown ``backend``, or ``"triton"`` forced where a rule fails.
-
-    Inside ``torch.compile``, ``"auto"`` returns ``"torch"`` (see the module docstring).
+        ValueError: an unknown ``backend``, one the loss does not have, or a named backend
+            whose rule fails.
     """
-    check_backend(backend)
-    if backend == "torch" or (backend == "auto" and is_compiling()):
-        return "torch"
-    call = _Call(tensor, dtype_ok, unsupported)
-    for rule in TRITON_RULES:
-        if not rule.holds(call):
-            if backend == "triton":
-                raise ValueError(
-                    f"backend='triton' requires {rule.required}, found {rule.found(call)}"
-                )
-            return "torch"
-    return "triton"
+    check_backend(backend, loss)
+    unsupported = unsupported or {}
+    if backend == "torch":
+        return _record(Choice(loss, "torch", "requested"))
+    if backend != "auto":
+        failed = _first_failure(backend, _Call(tensor, dtype_ok, unsupported.get(backend)))
+        if failed is not None:
+            call = _Call(tensor, dtype_ok, unsupported.get(backend))
+            raise ValueError(
+                f"backend={backend!r} requires {failed.required}, found {failed.found(call)}"
+            )
+        return _record(Choice(loss, backend, "requested"))
+    if is_compiling():
+        return _record(Choice(loss, "torch", "auto: inside torch.compile (Inductor fuses it)"))
+    skipped = []
+    for name in LOSS_BACKENDS[loss]:
+        call = _Call(tensor, dtype_ok, unsupported.get(name))
+        failed = _first_failure(name, call)
+        if failed is None:
+            why = "; ".join(skipped)
+            return _record(Choice(loss, name, f"auto: {_WHY[name]}" + (f" ({why})" if why else "")))
+        skipped.append(f"{name} skipped, {failed.name}: {failed.found(call)}")
+    why = "; ".join(skipped) if skipped else "no fast backend for this loss"
+    return _record(Choice(loss, "torch", f"auto: {why}"))
 
 
-def outside_compiled_graph(fn: Callable) -> Callable:
-    """Run ``fn`` (a Triton path's entry point) eagerly when called inside ``torch.compile``:
-    dynamo breaks the graph around it instead of tracing the kernel launches. Outside
-    ``torch.compile`` it is a plain call. (``torch.compiler.disable`` is applied at the first
-    call under compile, not here: it imports dynamo, and with it triton, which
+_WHY = {
+    "triton": "a CUDA tensor the kernel supports",
+    "chunked": "a CPU tensor in eager mode",
+}
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def outside_compiled_graph(fn: _F) -> _F:
+    """Run ``fn`` (a fast path's entry point) eagerly when called inside ``torch.compile``:
+    dynamo breaks the graph around it instead of tracing kernel launches or chunk loops.
+    Outside ``torch.compile`` it is a plain call. (``torch.compiler.disable`` is applied at
+    the first call under compile, not here: it imports dynamo, and with it triton, which
     ``import focalkit`` must not do.)"""
-    disabled: list[Callable] = []
+    disabled: list[Callable[..., Any]] = []
 
     @functools.wraps(fn)
-    def call(*args, **kwargs):
+    def call(*args: Any, **kwargs: Any) -> Any:
         if not is_compiling():
             return fn(*args, **kwargs)
         if not disabled:
             disabled.append(torch.compiler.disable(fn))
         return disabled[0](*args, **kwargs)
 
-    return call
+    return call  # type: ignore[return-value]

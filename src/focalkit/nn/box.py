@@ -1,19 +1,24 @@
-"""Module forms of the box regression losses: they store the keywords of the matching
-function in :mod:`focalkit.functional.box` and make one call into it. ``forward`` takes
-``(pred_boxes, target_boxes)`` and, per batch, ``weight`` and ``normalizer``."""
+"""Module forms of the box regression losses. Each has the keyword signature of its function
+in :mod:`focalkit.functional.box`, checks it once and makes one call into the function.
+``forward`` takes ``(pred_boxes, target_boxes)`` and, per batch, ``weight`` and
+``normalizer``, which override the constructor's (see :mod:`focalkit.nn._base`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import check_nonnegative, check_normalizer, check_positive, check_reduction
-from ..functional.box import (
+from .._checks import (
     BOX_FORMATS,
     IOU_MODES,
-    _check_focal_l1,
+    check_choice,
+    check_focal_l1,
+    check_nonnegative,
+    check_positive,
+)
+from ..functional.box import (
     ciou_loss,
     diou_loss,
     eiou_loss,
@@ -22,7 +27,7 @@ from ..functional.box import (
     giou_loss,
     iou_loss,
 )
-from ..kernels.dispatch import check_backend
+from ._base import LossModule
 
 __all__ = [
     "CIoULoss",
@@ -35,63 +40,47 @@ __all__ = [
 ]
 
 
-class _BoxLoss(nn.Module):
-    """Stores ``box_format``, ``eps``, ``reduction``, ``normalizer``, ``validate``,
-    ``backend`` (checked once here) plus the loss's own keywords in ``self.options``."""
-
-    _fn: Callable[..., Tensor]
+class _BoxLoss(LossModule):
+    """Stores the keywords every IoU-family loss shares; ``_call`` passes them on."""
 
     def __init__(
         self,
         *,
-        box_format: str = "xyxy",
-        eps: float = 1e-7,
-        reduction: str = "mean",
-        normalizer: float | Tensor | None = None,
-        validate: bool = False,
-        backend: str = "auto",
-        **options,
+        box_format: str,
+        eps: float,
+        weight: Tensor | None,
+        reduction: str,
+        normalizer: float | Tensor | None,
+        validate: bool,
+        backend: str,
     ) -> None:
-        super().__init__()
-        if box_format not in BOX_FORMATS:
-            raise ValueError(f"box_format: expected one of {BOX_FORMATS}, got {box_format!r}")
+        super().__init__(
+            loss="box_loss",
+            weight=weight,
+            reduction=reduction,
+            normalizer=normalizer,
+            backend=backend,
+        )
+        check_choice("box_format", box_format, BOX_FORMATS)
         check_positive("eps", eps)
-        check_reduction(reduction)
-        check_normalizer(normalizer, reduction)
-        check_backend(backend)
         self.box_format = box_format
         self.eps = eps
-        self.reduction = reduction
-        self.normalizer = normalizer
         self.validate = validate
-        self.backend = backend
-        self.options = options
 
-    def forward(
-        self,
-        pred_boxes: Tensor,
-        target_boxes: Tensor,
-        *,
-        weight: Tensor | None = None,
-        normalizer: float | Tensor | None = None,
-    ) -> Tensor:
-        return type(self)._fn(
-            pred_boxes,
-            target_boxes,
-            box_format=self.box_format,
-            eps=self.eps,
-            weight=weight,
-            reduction=self.reduction,
-            normalizer=self.normalizer if normalizer is None else normalizer,
-            validate=self.validate,
-            backend=self.backend,
-            **self.options,
-        )
+    def _common(self, weight: Tensor | None, normalizer: float | Tensor | None) -> dict[str, Any]:
+        return {
+            "box_format": self.box_format,
+            "eps": self.eps,
+            "weight": self.call_weight(weight),
+            "reduction": self.reduction,
+            "normalizer": self.call_normalizer(normalizer),
+            "validate": self.validate,
+            "backend": self.backend,
+        }
 
     def extra_repr(self) -> str:
-        opts = "".join(f"{k}={v!r}, " for k, v in self.options.items())
         return (
-            f"{opts}box_format={self.box_format!r}, eps={self.eps}, "
+            f"box_format={self.box_format!r}, eps={self.eps}, "
             f"reduction={self.reduction!r}, backend={self.backend!r}"
         )
 
@@ -105,12 +94,44 @@ class IoULoss(_BoxLoss):
         tensor(0.6087)
     """
 
-    _fn = staticmethod(iou_loss)
+    def __init__(
+        self,
+        mode: str = "linear",
+        *,
+        box_format: str = "xyxy",
+        eps: float = 1e-7,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        normalizer: float | Tensor | None = None,
+        validate: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        check_choice("mode", mode, IOU_MODES)
+        super().__init__(
+            box_format=box_format,
+            eps=eps,
+            weight=weight,
+            reduction=reduction,
+            normalizer=normalizer,
+            validate=validate,
+            backend=backend,
+        )
+        self.mode = mode
 
-    def __init__(self, mode: str = "linear", **kwargs) -> None:
-        if mode not in IOU_MODES:
-            raise ValueError(f"mode: expected one of {IOU_MODES}, got {mode!r}")
-        super().__init__(mode=mode, **kwargs)
+    def forward(
+        self,
+        pred_boxes: Tensor,
+        target_boxes: Tensor,
+        *,
+        weight: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return iou_loss(
+            pred_boxes, target_boxes, mode=self.mode, **self._common(weight, normalizer)
+        )
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, " + super().extra_repr()
 
 
 class GIoULoss(_BoxLoss):
@@ -122,7 +143,36 @@ class GIoULoss(_BoxLoss):
         tensor(0.6887)
     """
 
-    _fn = staticmethod(giou_loss)
+    def __init__(
+        self,
+        *,
+        box_format: str = "xyxy",
+        eps: float = 1e-7,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        normalizer: float | Tensor | None = None,
+        validate: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            box_format=box_format,
+            eps=eps,
+            weight=weight,
+            reduction=reduction,
+            normalizer=normalizer,
+            validate=validate,
+            backend=backend,
+        )
+
+    def forward(
+        self,
+        pred_boxes: Tensor,
+        target_boxes: Tensor,
+        *,
+        weight: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return giou_loss(pred_boxes, target_boxes, **self._common(weight, normalizer))
 
 
 class DIoULoss(_BoxLoss):
@@ -134,7 +184,36 @@ class DIoULoss(_BoxLoss):
         tensor([0.6487])
     """
 
-    _fn = staticmethod(diou_loss)
+    def __init__(
+        self,
+        *,
+        box_format: str = "xyxy",
+        eps: float = 1e-7,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        normalizer: float | Tensor | None = None,
+        validate: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            box_format=box_format,
+            eps=eps,
+            weight=weight,
+            reduction=reduction,
+            normalizer=normalizer,
+            validate=validate,
+            backend=backend,
+        )
+
+    def forward(
+        self,
+        pred_boxes: Tensor,
+        target_boxes: Tensor,
+        *,
+        weight: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return diou_loss(pred_boxes, target_boxes, **self._common(weight, normalizer))
 
 
 class CIoULoss(_BoxLoss):
@@ -146,7 +225,36 @@ class CIoULoss(_BoxLoss):
         tensor(0.6487)
     """
 
-    _fn = staticmethod(ciou_loss)
+    def __init__(
+        self,
+        *,
+        box_format: str = "xyxy",
+        eps: float = 1e-7,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        normalizer: float | Tensor | None = None,
+        validate: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            box_format=box_format,
+            eps=eps,
+            weight=weight,
+            reduction=reduction,
+            normalizer=normalizer,
+            validate=validate,
+            backend=backend,
+        )
+
+    def forward(
+        self,
+        pred_boxes: Tensor,
+        target_boxes: Tensor,
+        *,
+        weight: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return ciou_loss(pred_boxes, target_boxes, **self._common(weight, normalizer))
 
 
 class EIoULoss(_BoxLoss):
@@ -159,7 +267,36 @@ class EIoULoss(_BoxLoss):
         tensor(0.6487)
     """
 
-    _fn = staticmethod(eiou_loss)
+    def __init__(
+        self,
+        *,
+        box_format: str = "xyxy",
+        eps: float = 1e-7,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        normalizer: float | Tensor | None = None,
+        validate: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            box_format=box_format,
+            eps=eps,
+            weight=weight,
+            reduction=reduction,
+            normalizer=normalizer,
+            validate=validate,
+            backend=backend,
+        )
+
+    def forward(
+        self,
+        pred_boxes: Tensor,
+        target_boxes: Tensor,
+        *,
+        weight: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return eiou_loss(pred_boxes, target_boxes, **self._common(weight, normalizer))
 
 
 class FocalEIoULoss(_BoxLoss):
@@ -171,14 +308,47 @@ class FocalEIoULoss(_BoxLoss):
         tensor(0.4058)
     """
 
-    _fn = staticmethod(focal_eiou_loss)
-
-    def __init__(self, gamma: float = 0.5, **kwargs) -> None:
+    def __init__(
+        self,
+        gamma: float = 0.5,
+        *,
+        box_format: str = "xyxy",
+        eps: float = 1e-7,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        normalizer: float | Tensor | None = None,
+        validate: bool = False,
+        backend: str = "auto",
+    ) -> None:
         check_nonnegative("gamma", gamma)
-        super().__init__(gamma=float(gamma), **kwargs)
+        super().__init__(
+            box_format=box_format,
+            eps=eps,
+            weight=weight,
+            reduction=reduction,
+            normalizer=normalizer,
+            validate=validate,
+            backend=backend,
+        )
+        self.gamma = float(gamma)
+
+    def forward(
+        self,
+        pred_boxes: Tensor,
+        target_boxes: Tensor,
+        *,
+        weight: Tensor | None = None,
+        normalizer: float | Tensor | None = None,
+    ) -> Tensor:
+        return focal_eiou_loss(
+            pred_boxes, target_boxes, gamma=self.gamma, **self._common(weight, normalizer)
+        )
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, " + super().extra_repr()
 
 
-class FocalL1Loss(nn.Module):
+class FocalL1Loss(LossModule):
     """Module form of :func:`focalkit.focal_l1_loss`.
 
     Example:
@@ -192,17 +362,14 @@ class FocalL1Loss(nn.Module):
         alpha: float = 1.0,
         beta: float = 1 / math.e,
         *,
+        weight: Tensor | None = None,
         reduction: str = "mean",
         normalizer: float | Tensor | None = None,
     ) -> None:
-        super().__init__()
-        _check_focal_l1(alpha, beta)
-        check_reduction(reduction)
-        check_normalizer(normalizer, reduction)
+        super().__init__(loss=None, weight=weight, reduction=reduction, normalizer=normalizer)
+        check_focal_l1(alpha, beta)
         self.alpha = alpha
         self.beta = beta
-        self.reduction = reduction
-        self.normalizer = normalizer
 
     def forward(
         self,
@@ -217,9 +384,9 @@ class FocalL1Loss(nn.Module):
             target,
             alpha=self.alpha,
             beta=self.beta,
-            weight=weight,
+            weight=self.call_weight(weight),
             reduction=self.reduction,
-            normalizer=self.normalizer if normalizer is None else normalizer,
+            normalizer=self.call_normalizer(normalizer),
         )
 
     def extra_repr(self) -> str:

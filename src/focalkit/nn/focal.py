@@ -4,25 +4,19 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import check_unit_interval
+from .._checks import check_gamma, check_label_smoothing, check_unit_interval
 from ..functional._targets import parse_sigmoid_targets
-from ..functional.focal import (
-    Alpha,
-    Gamma,
-    _check_gamma,
-    sigmoid_focal_loss,
-    softmax_focal_loss,
-)
-from ..kernels.dispatch import check_backend
+from ..functional.focal import Alpha, Gamma, sigmoid_focal_loss, softmax_focal_loss
+from ._base import LossModule
 
 __all__ = ["SigmoidFocalLoss", "SoftmaxFocalLoss"]
 
 _P_HAT_MIN = 1e-6
 
 
-class _FocalLossBase(nn.Module):
+class _FocalLossBase(LossModule):
     """Shared state for ``gamma="auto"`` (Weber et al., arXiv 1904.09048):
     ``gamma = -log(p_hat)``, ``p_hat`` an EMA of the batch-mean probability of the correct
     class, updated in training mode only and used as a constant in backward."""
@@ -30,10 +24,23 @@ class _FocalLossBase(nn.Module):
     p_hat: Tensor
     p_hat_initialized: Tensor
 
-    def __init__(self, gamma: Gamma, auto_momentum: float) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        loss: str,
+        gamma: Gamma,
+        alpha: Alpha,
+        auto_momentum: float,
+        weight: Tensor | None,
+        reduction: str,
+        normalizer: float | Tensor | None,
+        backend: str,
+    ) -> None:
+        super().__init__(
+            loss=loss, weight=weight, reduction=reduction, normalizer=normalizer, backend=backend
+        )
         self.auto = gamma == "auto"
-        self.gamma = gamma if self.auto else _check_gamma(gamma)
+        self.gamma = gamma if self.auto else check_gamma(gamma)
+        self.store("alpha", alpha)
         check_unit_interval("auto_momentum", auto_momentum, closed_right=False)
         self.auto_momentum = float(auto_momentum)
         if self.auto:
@@ -74,7 +81,8 @@ class SigmoidFocalLoss(_FocalLossBase):
     ``gamma="auto"`` adapts gamma during training (Weber et al., "Automated Focal Loss for
     Image based Object Detection", arXiv 1904.09048): ``gamma = -log(p_hat)`` where ``p_hat`` is
     an EMA (``auto_momentum``, default 0.95) of the mean ``p_t`` over the batch's valid
-    elements. ``forward`` also takes per-batch ``weight`` and ``normalizer``.
+    elements. ``forward`` also takes per-batch ``weight`` and ``normalizer``, which override the
+    constructor's for that call.
 
     Example:
         >>> import torch, focalkit as fk
@@ -96,14 +104,17 @@ class SigmoidFocalLoss(_FocalLossBase):
         auto_momentum: float = 0.95,
         backend: str = "auto",
     ) -> None:
-        super().__init__(gamma, auto_momentum)
-        check_backend(backend)
-        self.backend = backend
-        self.alpha = alpha
-        self.weight = weight
+        super().__init__(
+            "sigmoid_focal_loss",
+            gamma,
+            alpha,
+            auto_momentum,
+            weight,
+            reduction,
+            normalizer,
+            backend,
+        )
         self.ignore_index = ignore_index
-        self.reduction = reduction
-        self.normalizer = normalizer
         self.validate = validate
 
     def _p_correct(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -127,10 +138,10 @@ class SigmoidFocalLoss(_FocalLossBase):
             targets,
             alpha=self.alpha,
             gamma=gamma,
-            weight=self.weight if weight is None else weight,
+            weight=self.call_weight(weight),
             ignore_index=self.ignore_index,
             reduction=self.reduction,
-            normalizer=self.normalizer if normalizer is None else normalizer,
+            normalizer=self.call_normalizer(normalizer),
             validate=self.validate,
             backend=self.backend,
         )
@@ -141,6 +152,8 @@ class SoftmaxFocalLoss(_FocalLossBase):
 
     ``gamma="auto"``: ``gamma = -log(p_hat)``, ``p_hat`` an EMA of the batch-mean softmax
     probability of the target class (Weber et al., arXiv 1904.09048), updated in training only.
+    ``forward`` also takes per-batch ``weight`` (the per-class weight) and ``normalizer``,
+    which override the constructor's for that call.
 
     Example:
         >>> import torch, focalkit as fk
@@ -163,16 +176,19 @@ class SoftmaxFocalLoss(_FocalLossBase):
         auto_momentum: float = 0.95,
         backend: str = "auto",
     ) -> None:
-        super().__init__(gamma, auto_momentum)
-        check_backend(backend)
-        self.backend = backend
-        self.alpha = alpha
+        super().__init__(
+            "softmax_focal_loss",
+            gamma,
+            alpha,
+            auto_momentum,
+            weight,
+            reduction,
+            normalizer,
+            backend,
+        )
         self.ignore_index = ignore_index
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
-        self.normalizer = normalizer
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.validate = validate
-        self.register_buffer("weight", weight)
 
     def _p_correct(self, logits: Tensor, targets: Tensor) -> Tensor:
         probs = torch.softmax(logits.detach().float(), dim=1 if logits.dim() > 1 else 0)
@@ -191,6 +207,7 @@ class SoftmaxFocalLoss(_FocalLossBase):
         logits: Tensor,
         targets: Tensor,
         *,
+        weight: Tensor | None = None,
         normalizer: float | Tensor | None = None,
     ) -> Tensor:
         gamma = self._current_gamma(lambda: self._p_correct(logits, targets))
@@ -199,11 +216,11 @@ class SoftmaxFocalLoss(_FocalLossBase):
             targets,
             alpha=self.alpha,
             gamma=gamma,
-            weight=self.weight,
+            weight=self.call_weight(weight),
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
             reduction=self.reduction,
-            normalizer=self.normalizer if normalizer is None else normalizer,
+            normalizer=self.call_normalizer(normalizer),
             validate=self.validate,
             backend=self.backend,
         )

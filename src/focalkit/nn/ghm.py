@@ -18,28 +18,34 @@ infinite above 65504); ``.to(device)`` moves it as usual.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import check_positive, check_reduction
-from ..functional.ghm import _check_bins_momentum, ghm_c_forward, ghm_r_forward
-from ..kernels.dispatch import check_backend
+from .._checks import check_bins_momentum, check_positive, check_sync
+from ..functional.ghm import ghm_c_forward, ghm_r_forward
+from ._base import LossModule
 
 __all__ = ["GHMCLoss", "GHMRLoss"]
 
 
-class _GHMBase(nn.Module):
+class _GHMBase(LossModule):
     bin_count_ema: Tensor
 
-    def __init__(self, bins: int, momentum: float, sync: bool | None, backend: str) -> None:
-        super().__init__()
-        _check_bins_momentum(bins, momentum)
-        if sync not in (None, True, False):
-            raise ValueError(f"sync: expected None, True or False, got {sync!r}")
-        check_backend(backend)
+    def __init__(
+        self,
+        loss: str,
+        bins: int,
+        momentum: float,
+        sync: bool | None,
+        weight: Tensor | None,
+        reduction: str,
+        backend: str,
+    ) -> None:
+        super().__init__(loss=loss, weight=weight, reduction=reduction, backend=backend)
+        check_bins_momentum(bins, momentum)
+        check_sync(sync)
         self.bins = bins
         self.momentum = float(momentum)
         self.sync = sync
-        self.backend = backend
         self.register_buffer("bin_count_ema", torch.zeros(bins, dtype=torch.float64))
 
     def _apply(self, fn, recurse=True):
@@ -68,7 +74,8 @@ class GHMCLoss(_GHMBase):
     ``forward(logits, targets, valid=None)`` takes the target forms of
     :func:`focalkit.ghm_c_loss`. ``ignore_index``, ``reduction`` and ``backend`` are the
     function's (``backend="auto"``: the Triton kernels for float32/float16/bfloat16 CUDA
-    tensors when triton is importable, else torch; the EMA and ``sync`` work on both).
+    tensors when triton is importable, the chunked CPU path for CPU tensors, else torch; the
+    EMA and ``sync`` work on every backend).
 
     Across ranks (``sync`` on, world size ``W``, a batch split between the ranks): the counts
     and ``N_valid`` are global, so every element gets the weight it would get in one process
@@ -98,10 +105,8 @@ class GHMCLoss(_GHMBase):
         reduction: str = "mean",
         backend: str = "auto",
     ) -> None:
-        super().__init__(bins, momentum, sync, backend)
-        check_reduction(reduction)
+        super().__init__("ghm_c_loss", bins, momentum, sync, None, reduction, backend)
         self.ignore_index = ignore_index
-        self.reduction = reduction
 
     def forward(self, logits: Tensor, targets: Tensor, valid: Tensor | None = None) -> Tensor:
         return ghm_c_forward(
@@ -125,7 +130,8 @@ class GHMRLoss(_GHMBase):
     """Module form of :func:`focalkit.ghm_r_loss` with the EMA of the bin counts (authors'
     setting ``mu=0.02, bins=10, momentum=0.7``, used with loss weight 10).
 
-    ``forward(pred, target, weight=None)``. ``backend`` is :func:`focalkit.ghm_r_loss`'s
+    ``forward(pred, target, weight=None)``: the label weights of that call, else the
+    constructor's ``weight`` (a buffer). ``backend`` is :func:`focalkit.ghm_r_loss`'s
     (``"auto"``: Triton for float32/float16/bfloat16 CUDA tensors when triton is importable,
     else torch). With ``sync`` on, the counts and ``N`` (the sum of
     the label weights) are global and the loss is divided by ``N / W``: as for
@@ -147,15 +153,21 @@ class GHMRLoss(_GHMBase):
         momentum: float = 0.7,
         sync: bool | None = None,
         *,
+        weight: Tensor | None = None,
         backend: str = "auto",
     ) -> None:
         check_positive("mu", mu)
-        super().__init__(bins, momentum, sync, backend)
+        super().__init__("ghm_r_loss", bins, momentum, sync, weight, "mean", backend)
         self.mu = float(mu)
 
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         return ghm_r_forward(
-            pred, target, mu=self.mu, bins=self.bins, weight=weight, **self._state()
+            pred,
+            target,
+            mu=self.mu,
+            bins=self.bins,
+            weight=self.call_weight(weight),
+            **self._state(),
         )
 
     def extra_repr(self) -> str:

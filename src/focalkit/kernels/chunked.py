@@ -1,0 +1,418 @@
+"""The ``"chunked"`` backend: the CPU fast paths of the sigmoid and softmax focal losses and
+of GHM-C.
+
+Each walks its input in cache-sized chunks. The focal losses write every elementwise op into
+a few scratch buffers allocated once per call (``out=``) rather than allocating a fresh
+temporary whose first touch costs page faults (about as much as the op itself), and
+specialise what the plain formula of :mod:`focalkit.functional.focal` treats generally:
+hard 0/1 targets (half the ops of the soft-target form) and class indices (no one-hot
+tensor). Chunks these forms do not cover (soft targets, ``weight=``, ``gamma="flsd53"``, a
+tensor gamma) go through the plain formula chunk by chunk. Chunk sums are accumulated in
+float64. The backend reads tensor values (is this chunk binary? does it hold an ignored
+row?), which is free on a CPU tensor in eager mode: :mod:`focalkit.kernels.dispatch` picks it
+there only. Tests hold it to the plain formula and to float64 references.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._compat import compute_dtype
+from ..functional.focal import (
+    GammaPlan,
+    SigmoidSpec,
+    sigmoid_focal_plain,
+    sigmoid_focal_terms,
+    softmax_focal_terms,
+)
+from ..functional.ghm import gradient_norm, index_dtype, scaled_bins, weighted_bce_plain
+
+__all__ = [
+    "FOCAL_CHUNK_ELEMENTS",
+    "GHM_CHUNK_ELEMENTS",
+    "bincount_bins",
+    "ghm_bin_pass",
+    "ghm_weighted_bce",
+    "sigmoid_focal_chunked",
+    "softmax_index_rows",
+]
+
+# Elements per chunk of the focal losses: the five scratch buffers of one chunk (1 MiB each in
+# float32) stay in the last-level cache, and each op still splits across threads; 2**17
+# measured slower and 2**19 no faster (benchmarks/bench_focal_cpu.py).
+FOCAL_CHUNK_ELEMENTS = 1 << 18
+# Elements per chunk of GHM-C: the temporaries of one chunk stay in cache.
+GHM_CHUNK_ELEMENTS = 1 << 16
+
+
+# --------------------------------------------------------------------------------------------
+# sigmoid focal loss
+# --------------------------------------------------------------------------------------------
+
+
+class _ChunkViews(NamedTuple):
+    bufs: tuple[Tensor, ...]  # five scratch tensors of the chunk's shape
+    alpha_neg: Tensor | None  # 1 - alpha broadcast to the chunk (None: not filled)
+    alpha_pos: Tensor | None  # alpha broadcast to the chunk
+
+
+class _Scratch:
+    """Chunk-sized buffers allocated once per call and reused by every chunk: on the CPU
+    eager path every elementwise op writes into one of them (``out=``) rather than allocating
+    a fresh temporary, whose first touch costs page faults (about as much as the op itself).
+    The views of a chunk's shape are made once (a call has at most two chunk shapes).
+
+    With ``alpha_pos``, ``1 - alpha`` and ``alpha`` are broadcast to one chunk (filled once),
+    so ``alpha_t`` is one ``lerp`` between contiguous tensors: exact for 0/1 targets (``lerp``
+    returns its end points there), unlike ``(1 - alpha) + (2 alpha - 1) y``, and without the
+    slow path that broadcasting a 0-dim operand takes in a ternary op."""
+
+    def __init__(
+        self, rows: int, cols: int, like: Tensor, dtype: torch.dtype, alpha_pos: Tensor | None
+    ) -> None:
+        self._buf = torch.empty((5, rows, cols), dtype=dtype, device=like.device)
+        self._alpha = None
+        if alpha_pos is not None:
+            ends = torch.stack([1 - alpha_pos, alpha_pos]).reshape(2, 1, -1)
+            self._alpha = ends.expand(2, rows, cols).contiguous()
+        self._views: dict[int, _ChunkViews] = {}
+
+    def __call__(self, rows: int) -> _ChunkViews:
+        views = self._views.get(rows)
+        if views is None:
+            alpha = (None, None) if self._alpha is None else self._alpha[:, :rows].unbind(0)
+            views = self._views[rows] = _ChunkViews(self._buf[:, :rows].unbind(0), *alpha)
+        return views
+
+
+def _hard_chunk(
+    z: Tensor,
+    gamma: float,
+    scale: Tensor | float | None,
+    sign: Tensor | None,
+    loss_out: Tensor | None,
+    grad_out: Tensor | None,
+    bufs: tuple[Tensor, ...],
+    drop: tuple[Tensor, Tensor] | None = None,
+) -> Tensor | None:
+    """The focal terms of hard targets written as ``z = x`` (negatives) or ``z = -x``
+    (positives), for one chunk, written into ``bufs``, ``loss_out`` and ``grad_out`` (no
+    allocation of the chunk's size). With ``q = 1 - p_t = sigmoid(z)`` and ``BCE = softplus(z)``
+    (:func:`~focalkit.functional.focal.sigmoid_focal_terms` at ``y`` in {0, 1})::
+
+        L      = a q^g BCE
+        dL/dz  = a q^g (q + g (1 - q) BCE)
+
+
+    ``scale`` (``a`` in the formulas: ``alpha_t``, a tensor of the chunk's shape, a float or
+    None) multiplies loss and gradient. ``sign`` (the 0/1 targets, or None) multiplies the
+    gradient by ``dz/dx = 1 - 2y``. Returns the chunk's summed loss when ``loss_out`` is None
+    (else writes the elementwise loss there); the gradient goes to ``grad_out`` if given.
+    ``drop = (col, keep)`` removes the terms at ``(row, col[row])`` where ``keep`` is False
+    from the returned sum (the caller overwrites those slots of ``loss_out``/``grad_out``).
+    ``bufs``: the five scratch tensors of the chunk's shape; ``z`` may be ``bufs[2]`` and
+    ``scale`` ``bufs[3]`` (each is dead by the time its slot is written)."""
+    q = torch.sigmoid(z, out=bufs[0])
+    # BCE = softplus(z) = max(z, 0) - log1p(-min(q, 1 - q)), formed from q in less time than
+    # softplus takes on CPU. min(q, 1 - q) is q itself for z <= 0 (log1p keeps its relative
+    # precision for tiny q) and 1 - q for z > 0, where its absolute error (~6e-8) is
+    # negligible against BCE > log(2): relative error below 1e-7 either way.
+    t = torch.add(q, -1, out=bufs[4])  # q - 1, reused by the gradient
+    bce = torch.clamp_min(z, 0, out=bufs[1])
+    v = torch.maximum(torch.neg(q, out=bufs[2]), t, out=bufs[2])
+    bce.sub_(torch.log1p(v, out=v))
+    const = 1.0
+    if isinstance(scale, float):
+        const, scale = scale, None
+    mod = None if gamma == 0 else q if gamma == 1 else torch.pow(q, gamma, out=bufs[2])
+    if scale is not None:
+        mod = scale if mod is None else torch.mul(mod, scale, out=bufs[2])
+    # mod is now a q^g (None: 1), still to be multiplied by const
+    if drop is not None:
+        # zero a factor of the dropped terms; their gradient slots are overwritten later
+        col, keep = drop
+        factor = bce if gamma == 0 else mod  # gamma == 0: the gradient does not use BCE
+        factor.scatter_(-1, col, factor.gather(-1, col).mul_(keep))
+    partial = None
+    if loss_out is None:
+        partial = bce.sum() if mod is None else torch.dot(bce.view(-1), mod.reshape(-1))
+        if const != 1.0:
+            partial = partial * const
+    else:
+        if mod is None:
+            loss_out.copy_(bce)
+        else:
+            torch.mul(bce, mod, out=loss_out)
+        if const != 1.0:
+            loss_out.mul_(const)
+    if grad_out is None:
+        return partial
+    # dL/dz = a q^g (q + g (1 - q) BCE); t = q - 1 is exact to float precision where it matters
+    if gamma == 0:
+        t = q
+    else:
+        t = torch.addcmul(q, t, bce, value=-gamma, out=t)
+    if sign is not None:
+        if mod is not None:
+            t = t.mul_(mod)
+        torch.addcmul(t, t, sign, value=-2, out=grad_out)  # dz/dx = 1 - 2y
+    elif mod is not None:
+        torch.mul(t, mod, out=grad_out)
+    else:
+        grad_out.copy_(t)
+    if const != 1.0:
+        grad_out.mul_(const)
+    return partial
+
+
+def _binary_chunk(
+    x: Tensor,
+    y: Tensor,
+    keep: Tensor | None,
+    gamma: float,
+    views: _ChunkViews,
+    loss_out: Tensor | None,
+    grad_out: Tensor | None,
+) -> Tensor | None:
+    """Dense 0/1 targets on one chunk: ``z = x (1 - 2y)`` turns every element into the
+    negative case of :func:`_hard_chunk` (exact: ``x`` or ``-x``). ``keep``: the validity
+    mask of integer targets (ignored entries scaled by 0), or None."""
+    bufs = views.bufs
+    alpha_t = None
+    if views.alpha_neg is not None:
+        alpha_t = torch.lerp(views.alpha_neg, views.alpha_pos, y, out=bufs[3])
+        if keep is not None:
+            alpha_t.mul_(keep)
+    elif keep is not None:
+        alpha_t = bufs[3].copy_(keep)
+    z = torch.addcmul(x, x, y, value=-2, out=bufs[2])  # exact: x or -x
+    return _hard_chunk(z, gamma, alpha_t, y, loss_out, grad_out, bufs)
+
+
+def _index_chunk(
+    x: Tensor,
+    labels: Tensor,
+    valid: Tensor,
+    gamma: GammaPlan,
+    alpha_pos: Tensor | None,
+    views: _ChunkViews,
+    loss_out: Tensor | None,
+    grad_out: Tensor | None,
+) -> Tensor | None:
+    """Class-index targets on one ``(R, C)`` chunk without a one-hot tensor: every element as
+    a negative through :func:`_hard_chunk` (the positives' slots left out of the sum, ignored
+    rows scaled by 0), then the (at most one per row) positive recomputed with
+    :func:`~focalkit.functional.focal.sigmoid_focal_terms` at ``y = 1`` and scattered in."""
+    num_classes = x.shape[-1]
+    bufs = views.bufs
+    scale: Tensor | float | None
+    if alpha_pos is None:
+        scale = None
+    elif alpha_pos.dim() == 0:
+        scale = 1.0 - float(alpha_pos)
+    else:
+        scale = views.alpha_neg
+    if not bool(valid.all()):  # ignored rows: a zero scale (no loss, no gradient, no sum)
+        keep = valid.unsqueeze(-1)
+        if isinstance(scale, Tensor):
+            scale = torch.mul(scale, keep, out=bufs[3])
+        else:
+            factor = 1.0 if scale is None else scale
+            scale = bufs[3].copy_(keep.expand_as(x)).mul_(factor)
+    is_pos = ((labels >= 0) & (labels < num_classes) & valid).unsqueeze(-1)
+    col = labels.clamp(0, num_classes - 1).unsqueeze(-1)
+    drop = (col, is_pos.logical_not().to(x.dtype))
+    partial = _hard_chunk(x, gamma.value, scale, None, loss_out, grad_out, bufs, drop)
+    a_pos = alpha_pos
+    if alpha_pos is not None and alpha_pos.dim():
+        a_pos = alpha_pos[col]
+    x_pos = x.gather(-1, col)
+    loss_pos, grad_pos = sigmoid_focal_terms(
+        x_pos, torch.ones_like(x_pos), gamma, a_pos, grad_out is not None
+    )
+    if grad_out is not None:
+        _put_positives(grad_out, col, is_pos, grad_pos)
+    if loss_out is not None:
+        _put_positives(loss_out, col, is_pos, loss_pos)
+        return None
+    return partial + torch.where(is_pos, loss_pos, 0).sum()
+
+
+def _put_positives(t: Tensor, col: Tensor, pos: Tensor, values: Tensor) -> Tensor:
+    """``t[r, col[r]] = values[r]`` in place where ``pos[r]``; returns ``t``."""
+    return t.scatter_(-1, col, torch.where(pos, values, t.gather(-1, col)))
+
+
+def _is_binary(y: Tensor, out: Tensor | None = None) -> bool:
+    """True if every entry is exactly 0 or 1 (sum |y - y^2| == 0; a sum is several times
+    cheaper than ``any`` on CPU). ``out``: a scratch tensor of ``y``'s shape."""
+    return float(torch.addcmul(y, y, y, value=-1, out=out).abs_().sum()) == 0.0
+
+
+def sigmoid_focal_chunked(
+    logits: Tensor,
+    target: Tensor,
+    valid: Tensor | None,
+    weight: Tensor | None,
+    alpha_pos: Tensor | None,
+    spec: SigmoidSpec,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`~focalkit.functional.focal.sigmoid_focal_plain` (same arguments and results)
+    chunk by chunk. Dense targets are chunked by elements whatever the shape (a ``(N,)`` or
+    ``(B, 1, H, W)`` tensor as well as ``(N, C)``), except with a per-class alpha, which
+    needs whole rows; class indices by rows."""
+    cdtype = compute_dtype(logits)
+    per_class = alpha_pos is not None and alpha_pos.dim() == 1
+    cols = logits.shape[-1] if (spec.index_form or per_class) and logits.dim() else 1
+    x2 = logits.reshape(-1, cols)
+    rows = x2.shape[0]
+    t2 = target.reshape(rows) if spec.index_form else target.reshape(rows, cols)
+    v2 = None
+    if valid is not None:
+        v2 = valid.reshape(rows) if spec.index_form else valid.reshape(rows, cols)
+    w2 = None if weight is None else weight.expand(logits.shape).reshape(rows, cols)
+
+    grad = torch.empty((rows, cols), dtype=cdtype, device=logits.device) if need_grad else None
+    out = None if spec.reduce_sum else torch.empty((rows, cols), dtype=cdtype, device=x2.device)
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    step = max(1, FOCAL_CHUNK_ELEMENTS // cols)
+    # a float gamma and no elementwise weight: hard chunks go through the scratch buffers
+    scratch = None
+    if spec.gamma.is_plain() and w2 is None and rows:
+        # a broadcast alpha is needed except for a scalar alpha on index targets (a float)
+        broadcast = alpha_pos is not None and (per_class or not spec.index_form)
+        scratch = _Scratch(min(step, rows), cols, logits, cdtype, alpha_pos if broadcast else None)
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        xs = x2[start:stop].to(cdtype)
+        ts = t2[start:stop]
+        vs = None if v2 is None else v2[start:stop]
+        loss_out = None if out is None else out[start:stop]
+        grad_out = None if grad is None else grad[start:stop]
+        views = None if scratch is None else scratch(stop - start)
+        fast = views is not None
+        if fast and spec.index_form:
+            partial = _index_chunk(xs, ts, vs, spec.gamma, alpha_pos, views, loss_out, grad_out)
+        elif fast:
+            ys = ts.to(cdtype)
+            # integer targets (with a mask) are 0/1 by construction; float ones are checked
+            if vs is not None or _is_binary(ys, views.bufs[0]):
+                partial = _binary_chunk(xs, ys, vs, spec.gamma.value, views, loss_out, grad_out)
+            else:
+                fast = False
+        if not fast:
+            ws = None if w2 is None else w2[start:stop]
+            partial, g = sigmoid_focal_plain(xs, ts, vs, ws, alpha_pos, spec, need_grad)
+            if not spec.reduce_sum:
+                loss_out.copy_(partial)
+                partial = None
+            if g is not None:
+                grad_out.copy_(g)
+        if partial is not None:
+            total += partial
+    if grad is not None:
+        grad = grad.reshape(logits.shape)
+    return (total.to(cdtype) if spec.reduce_sum else out.reshape(logits.shape)), grad
+
+
+# --------------------------------------------------------------------------------------------
+# softmax focal loss
+# --------------------------------------------------------------------------------------------
+
+
+def softmax_index_rows(
+    x: Tensor,
+    safe: Tensor,
+    u: Tensor,
+    gamma: GammaPlan,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`~focalkit.functional.focal.softmax_index_rows_plain` (same arguments and
+    results: class indices without label smoothing) with ``softmax`` written
+    straight into the gradient (or, without one, into a cache-sized scratch, chunk by chunk)
+    and ``log p`` formed at the target column only; no temporary of the logits' size besides
+    the gradient. Returns the per-row loss and the gradient.
+
+    ``rest = 1 - p_y`` is the sum of the other columns' probabilities (no cancellation), so
+    ``log p_y`` is ``log1p(-rest)`` for ``p_y >= 1/2`` (exact where ``log_softmax`` rounds
+    ``-log(1 + tiny)`` to 0) and ``log(p_y)`` below; rows where ``p_y`` underflows below the
+    smallest normal float are recomputed with ``log_softmax``. The gradient is ``p_j G u`` off
+    the target column and ``-rest G u`` on it."""
+    rows, num_classes = x.shape
+    # with a gradient, softmax writes into it: one piece (the per-row work is a few dozen
+    # small ops, so fewer pieces are faster); without, cache-sized pieces bound the scratch
+    step = max(rows, 1) if need_grad else max(1, FOCAL_CHUNK_ELEMENTS // max(num_classes, 1))
+    buf = None if need_grad else x.new_empty((min(step, rows), num_classes))
+    loss = x.new_empty(rows)
+    grad = torch.empty_like(x) if need_grad else None
+    tiny = torch.finfo(x.dtype).tiny
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        xs = x[start:stop]
+        out = buf[: stop - start] if grad is None else grad[start:stop]
+        p = torch.softmax(xs, -1, out=out)
+        col = safe[start:stop]
+        p_y = p.gather(-1, col)
+        rest = p.scatter_(-1, col, 0.0).sum(-1, keepdim=True)  # 1 - p_y
+        logp_y = torch.where(p_y < 0.5, torch.log(p_y), torch.log1p(rest.neg()))
+        underflow = p_y < tiny
+        if bool(underflow.any()):  # CPU eager: reading the flag is free
+            r = underflow.squeeze(-1).nonzero().squeeze(-1)
+            logp_y[r] = torch.log_softmax(xs[r], -1).gather(-1, col[r])
+        ell, G = softmax_focal_terms(logp_y, gamma)
+        us = u[start:stop]
+        loss[start:stop] = (ell * us).squeeze(-1)
+        if grad is not None:
+            Gu = G * us
+            p.mul_(Gu).scatter_(-1, col, rest.neg_().mul_(Gu))
+    return loss, grad
+
+
+# --------------------------------------------------------------------------------------------
+# GHM-C
+# --------------------------------------------------------------------------------------------
+
+
+def _slices(n: int) -> list[slice]:
+    return [slice(i, min(i + GHM_CHUNK_ELEMENTS, n)) for i in range(0, n, GHM_CHUNK_ELEMENTS)]
+
+
+def ghm_bin_pass(x: Tensor, y: Tensor, keep: Tensor | None, bins: int) -> tuple[Tensor, Tensor]:
+    """:func:`~focalkit.functional.ghm.bin_pass_plain` chunk by chunk, counting with
+    ``bincount`` (exact int64 counts, no temporary of the input's size)."""
+    index = torch.empty(x.shape, dtype=index_dtype(bins), device=x.device)
+    counts = torch.zeros(bins, dtype=torch.int64, device=x.device)
+    for s in _slices(x.shape[0]):
+        g = gradient_norm(x[s], y[s])
+        index[s] = scaled_bins(g, bins, None if keep is None else keep[s])
+        counts += bincount_bins(index[s], bins)
+    return index, counts
+
+
+def bincount_bins(index: Tensor, bins: int) -> Tensor:
+    """:func:`~focalkit.functional.ghm.bin_counts` with ``bincount`` (a CPU tensor: exact
+    int64 counts, faster than a ``scatter_add``)."""
+    return torch.bincount(index.reshape(-1), minlength=bins + 1)[:bins]
+
+
+def ghm_weighted_bce(
+    x: Tensor, y: Tensor, index: Tensor, per_bin: Tensor, reduce_sum: bool, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`~focalkit.functional.ghm.weighted_bce_plain` chunk by chunk; the chunk sums
+    are accumulated in float64."""
+    grad = torch.empty_like(x) if need_grad else None
+    out = None if reduce_sum else torch.empty_like(x)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for s in _slices(x.shape[0]):
+        loss, g = weighted_bce_plain(x[s], y[s], index[s], per_bin, reduce_sum, need_grad)
+        if out is None:
+            total += loss
+        else:
+            out[s] = loss
+        if grad is not None:
+            grad[s] = g
+    return (total.to(x.dtype) if out is None else out), grad
