@@ -20,9 +20,9 @@ PAGES = sorted(DOCS.glob("*.md"))
 FENCE = re.compile(r"^```(\w*)\s*$")
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 
-# The check values of the specification for the losses that exist (formulas, sections 1-5),
-# as docs/losses.md prints them: each must be the expected output of some example there, so
-# deleting or editing an example cannot drop a check value unnoticed.
+# The specification's check values for the losses focalkit has (independent float64 references
+# the code is held to), as docs/losses.md prints them: each must be the expected output of an
+# example there, so deleting or editing an example cannot drop a check value unnoticed.
 CHECK_VALUES = [
     # sigmoid focal loss, gamma 2, alpha 0.25: per-element loss and d/dx
     "0.00135267213 0.0433216988 2.73208311e-05",
