@@ -32,5 +32,8 @@ bench: $(BIN)/.focalkit-installed
 	$(BIN)/python benchmarks/bench_ghm_box.py --json benchmarks/results/ghm_box_cpu.json
 	$(BIN)/python benchmarks/render_readme.py
 
+# clean: what set-up, builds and test runs leave behind (the egg-info of `pip install -e .`
+# sits under src/); the demo's report directory is output, not clutter, and stays.
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist src/*.egg-info *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

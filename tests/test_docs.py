@@ -1,0 +1,123 @@
+"""The examples in docs/*.md run as doctests, and they show the specification's check values.
+
+Every ```python block of a page is a doctest (``>>>`` lines and the output they print); the
+blocks of one page share a namespace, in order, like the cells of a notebook. Lines outside
+the blocks are blanked rather than removed, so a failure reports its line in the .md file.
+"""
+
+from __future__ import annotations
+
+import doctest
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.glob("*.md"))
+FENCE = re.compile(r"^```(\w*)\s*$")
+FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
+
+# The specification's check values for the losses focalkit has (independent float64 references
+# the code is held to), as docs/losses.md prints them: each must be the expected output of an
+# example there, so deleting or editing an example cannot drop a check value unnoticed.
+CHECK_VALUES = [
+    # sigmoid focal loss, gamma 2, alpha 0.25: per-element loss and d/dx
+    "0.00135267213 0.0433216988 2.73208311e-05",
+    "0.00365320515 -0.0745716988 -7.87179616e-05",
+    # softmax focal loss, gamma 2: no alpha, alpha [.25, .5, .75]
+    "0.8654664",
+    "0.2163666",
+    # GHM-C (dividing by the non-empty bins; by M), GHM-R
+    "0.8245194461",
+    "0.6183895846",
+    "0.07804511035",
+    # boxes [0,0,4,4] vs [1,1,5,5]: 1 - IoU, GIoU, DIoU = CIoU = EIoU, Focal-EIoU
+    "0.608695652 0.608695652",
+    "0.688695652",
+    "0.648695652 0.648695652 0.648695652",
+    "0.405787181",
+    # FocalL1, alpha 1, beta 1/e: x = 0.5 and x = 2
+    "0.274143398 1.75",
+]
+
+
+def _blocks_only(text: str) -> str:
+    """``text`` with every line outside the ```python blocks (and the fences) made blank."""
+    out, inside = [], False
+    for line in text.splitlines():
+        fence = FENCE.match(line)
+        if fence and not inside:
+            inside = fence.group(1) == "python"
+            out.append("")
+        elif fence and inside:
+            inside = False
+            out.append("")
+        else:
+            out.append(line if inside else "")
+    return "\n".join(out) + "\n"
+
+
+def _doctest(page: Path) -> doctest.DocTest:
+    source = _blocks_only(page.read_text(encoding="utf-8"))
+    return doctest.DocTestParser().get_doctest(source, {}, page.name, str(page), 0)
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.S | re.M)
+
+
+@pytest.fixture
+def clean_state(monkeypatch):
+    """The examples assume CPU defaults: no Triton interpreter (so "auto" is torch) and the
+    default dtype; anything an example changes in torch's global state is put back."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_printoptions(profile="default")
+
+
+def test_docs_exist():
+    assert DOCS / "losses.md" in PAGES
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_doc_examples_pass(page, clean_state):
+    """Every ``>>>`` example of the page prints what the page says it prints."""
+    test = _doctest(page)
+    runner = doctest.DocTestRunner(optionflags=FLAGS)
+    runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {page} failed"
+    if _python_blocks(page.read_text(encoding="utf-8")):
+        assert result.attempted > 0
+
+
+def test_losses_page_has_examples():
+    assert len(_doctest(DOCS / "losses.md").examples) >= 50
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_every_python_block_is_a_doctest(page):
+    """No unverified code in the docs: each ```python block is made of ``>>>`` examples."""
+    for block in _python_blocks(page.read_text(encoding="utf-8")):
+        first = block.lstrip().splitlines()[0] if block.strip() else ""
+        assert first.startswith(">>> "), f"{page.name}: a python block without >>>:\n{block}"
+
+
+@pytest.mark.parametrize("value", CHECK_VALUES)
+def test_check_value_is_an_example_output(value):
+    """The check value is the printed output of an example (which the doctest verifies)."""
+    wants = [" ".join(ex.want.split()) for ex in _doctest(DOCS / "losses.md").examples]
+    assert value in wants, f"no example in docs/losses.md prints {value!r}"
+
+
+def test_blanking_keeps_line_numbers():
+    """A failing example is reported at its line in the .md file."""
+    text = "# t\n\n```python\n>>> 1 + 1\n2\n```\n\ntext\n\n```python\n>>> 2 + 2\n4\n```\n"
+    test = doctest.DocTestParser().get_doctest(_blocks_only(text), {}, "t", "t.md", 0)
+    assert [ex.lineno + 1 for ex in test.examples] == [4, 11]
+    assert [ex.want for ex in test.examples] == ["2\n", "4\n"]
