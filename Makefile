@@ -23,8 +23,12 @@ demo: $(BIN)/.focalkit-installed
 figure: $(BIN)/.focalkit-installed
 	$(BIN)/focalkit plot focal-curves $(ARGS)
 
-test: $(BIN)/.focalkit-installed
+lint: $(BIN)/.focalkit-installed
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src/focalkit
+
+test: lint
 	$(BIN)/python -m pytest -q -n 2 tests --doctest-modules src/focalkit/functional src/focalkit/nn src/focalkit/distributed.py $(ARGS)
 
 bench: $(BIN)/.focalkit-installed

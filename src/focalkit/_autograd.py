@@ -23,11 +23,16 @@ def refuse_double_backward(losses: str, hint: str = "") -> None:
         )
 
 
-def stored_grad(ctx, recompute: Callable[[], Tensor]) -> Tensor:
+def stored_grad(ctx, recompute: Callable[[], Tensor | None]) -> Tensor:
     """The gradient forward kept on ``ctx.grad``, handed over once (the caller may scale it in
-    place); a later backward through the same retained graph gets ``recompute()``."""
+    place); a later backward through the same retained graph gets ``recompute()`` (a forward
+    pass asked for its gradient)."""
     grad, ctx.grad = ctx.grad, None
-    return recompute() if grad is None else grad
+    if grad is None:
+        grad = recompute()
+    if grad is None:
+        raise RuntimeError("focalkit: a loss recomputed in backward returned no gradient")
+    return grad
 
 
 def stored_grad_dtype(dtype: torch.dtype) -> torch.dtype:

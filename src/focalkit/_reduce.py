@@ -45,8 +45,8 @@ def reduction_scale(
     if isinstance(denominator, Tensor) and denominator.device.type != "cpu":
         d = denominator.detach().to(device=device, dtype=torch.float32).reshape(())
         return torch.where(d == 0, torch.ones_like(d), d).reciprocal()
-    d = 1.0 if denominator is None else float(denominator)
-    return torch.full((), 1.0 / (d if d != 0 else 1.0), dtype=torch.float32, device=device)
+    value = 1.0 if denominator is None else float(denominator)
+    return torch.full((), 1.0 / (value if value != 0 else 1.0), dtype=torch.float32, device=device)
 
 
 def finish(

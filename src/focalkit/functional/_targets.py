@@ -21,33 +21,35 @@ from .._compat import may_read_values
 
 @dataclass(frozen=True)
 class SigmoidTargets:
-    """Targets in one of the two forms; exactly one of ``dense`` / ``labels`` is set."""
+    """Targets in one of the two forms.
+
+    * dense (``is_index`` False): ``target`` has the logits' shape (floats, or the 0/1 values
+      of integer targets with ignored entries at 0); ``valid`` is the bool mask of integer
+      targets (None for float targets: every entry counts).
+    * index: ``target`` holds the int64 labels, ``logits.shape[:-1]``; ``valid`` the bool
+      mask of the rows that are not ``ignore_index``.
+    """
 
     num_classes: int
-    dense: Tensor | None = None  # float, logits' shape
-    dense_valid: Tensor | None = None  # bool, logits' shape (only for integer dense targets)
-    labels: Tensor | None = None  # int64, logits.shape[:-1]
-    valid_rows: Tensor | None = None  # bool, logits.shape[:-1] (index form)
-
-    @property
-    def is_index(self) -> bool:
-        return self.labels is not None
+    target: Tensor
+    valid: Tensor | None
+    is_index: bool
 
     def valid_count(self, numel: int) -> Tensor | int:
         """Number of elements that count in a mean (ignored ones do not)."""
-        if self.labels is not None:
-            return self.valid_rows.sum() * self.num_classes
-        if self.dense_valid is not None:
-            return self.dense_valid.sum()
-        return numel
+        if self.valid is None:
+            return numel
+        count = self.valid.sum()
+        return count * self.num_classes if self.is_index else count
 
     def to_dense(self, shape: torch.Size, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
         """Materialise (targets, valid-mask-or-None) of the logits' shape (slow paths only)."""
-        if self.labels is None:
-            return self.dense.to(dtype), self.dense_valid
-        cols = torch.arange(self.num_classes, device=self.labels.device)
-        y = (self.labels.unsqueeze(-1) == cols).to(dtype)
-        return y, self.valid_rows.unsqueeze(-1).expand(shape)
+        if not self.is_index:
+            return self.target.to(dtype), self.valid
+        cols = torch.arange(self.num_classes, device=self.target.device)
+        y = (self.target.unsqueeze(-1) == cols).to(dtype)
+        valid = None if self.valid is None else self.valid.unsqueeze(-1).expand(shape)
+        return y, valid
 
 
 def parse_sigmoid_targets(
@@ -61,11 +63,11 @@ def parse_sigmoid_targets(
         if targets.is_floating_point():
             if validate:
                 check_values_in_unit_interval("targets", targets)
-            return SigmoidTargets(num_classes, dense=targets)
+            return SigmoidTargets(num_classes, targets, None, is_index=False)
         valid = targets != ignore_index
         if check_values:
             check_binary_labels(targets, valid, ignore_index)
-        return SigmoidTargets(num_classes, dense=targets * valid, dense_valid=valid)
+        return SigmoidTargets(num_classes, targets * valid, valid, is_index=False)
     if logits.dim() > 0 and targets.shape == logits.shape[:-1]:
         if targets.is_floating_point() or targets.dtype == torch.bool:
             raise ValueError(
@@ -75,7 +77,7 @@ def parse_sigmoid_targets(
         if check_values:
             check_class_indices(targets, num_classes, ignore_index, background=True)
         labels = targets.long()
-        return SigmoidTargets(num_classes, labels=labels, valid_rows=labels != ignore_index)
+        return SigmoidTargets(num_classes, labels, labels != ignore_index, is_index=True)
     raise ValueError(
         f"targets: expected shape {tuple(logits.shape)} (dense/soft targets, the logits' shape) "
         f"or {tuple(logits.shape[:-1])} (integer class indices), got {tuple(targets.shape)}"

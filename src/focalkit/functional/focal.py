@@ -342,10 +342,7 @@ def sigmoid_focal_loss(
     check_elementwise_weight(weight, logits.shape)
     out_dtype = output_dtype(logits)
     spec = SigmoidSpec(GammaPlan.of(gamma), reduction != "none", parsed.is_index)
-    if parsed.is_index:
-        target, valid = parsed.labels, parsed.valid_rows
-    else:
-        target, valid = parsed.dense, parsed.dense_valid
+    target, valid = parsed.target, parsed.valid
     triton_lacks = None  # options the Triton kernel lacks (see kernels/dispatch.py)
     if weight is not None:
         triton_lacks = "weight="
@@ -359,7 +356,9 @@ def sigmoid_focal_loss(
         if choice.backend == "triton":
             from ..kernels.triton_sigmoid_focal import TritonSigmoidSpec, triton_sigmoid_focal
 
-            tspec = TritonSigmoidSpec(gamma, spec.reduce_sum, parsed.is_index, ignore_index)
+            tspec = TritonSigmoidSpec(
+                spec.gamma.value, spec.reduce_sum, parsed.is_index, ignore_index
+            )
             # the reduction is folded into the kernel's gradient (see kernels/triton_scale.py)
             inv = reduction_scale(
                 reduction, normalizer=normalizer, denominator=denominator, device=logits.device
@@ -682,7 +681,7 @@ def softmax_focal_loss(
         if choice.backend == "triton":
             from ..kernels.triton_softmax_focal import TritonSoftmaxSpec, triton_softmax_focal
 
-            tspec = TritonSoftmaxSpec(gamma, spec.reduce_sum, ignore_index)
+            tspec = TritonSoftmaxSpec(spec.gamma.value, spec.reduce_sum, ignore_index)
             denominator = None
             if reduction == "mean" and normalizer is None:
                 denominator = index_denominator(flat_target, weight, num_classes, ignore_index)

@@ -304,12 +304,9 @@ def _ghm_c_triton(
     a plain ``backward()`` (see :mod:`focalkit.kernels.triton_scale`)."""
     from ..kernels.triton_ghm import ghm_c_histogram, ghm_c_inputs, triton_ghm_c
 
-    if parsed.is_index:
-        target = parsed.labels
-    else:
-        target = parsed.dense
-        if parsed.dense_valid is not None:
-            keep = parsed.dense_valid if keep is None else keep & parsed.dense_valid
+    target = parsed.target
+    if not parsed.is_index and parsed.valid is not None:
+        keep = parsed.valid if keep is None else keep & parsed.valid
     inp = ghm_c_inputs(
         logits,
         target,

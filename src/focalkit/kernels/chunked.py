@@ -134,7 +134,8 @@ def _hard_chunk(
     if drop is not None:
         # zero a factor of the dropped terms; their gradient slots are overwritten later
         col, keep = drop
-        factor = bce if gamma == 0 else mod  # gamma == 0: the gradient does not use BCE
+        # gamma == 0: the gradient does not use BCE (and mod is no power of q)
+        factor = mod if gamma != 0 and mod is not None else bce
         factor.scatter_(-1, col, factor.gather(-1, col).mul_(keep))
     partial = None
     if loss_out is None:
@@ -182,7 +183,7 @@ def _binary_chunk(
     mask of integer targets (ignored entries scaled by 0), or None."""
     bufs = views.bufs
     alpha_t = None
-    if views.alpha_neg is not None:
+    if views.alpha_neg is not None and views.alpha_pos is not None:
         alpha_t = torch.lerp(views.alpha_neg, views.alpha_pos, y, out=bufs[3])
         if keep is not None:
             alpha_t.mul_(keep)
@@ -195,7 +196,7 @@ def _binary_chunk(
 def _index_chunk(
     x: Tensor,
     labels: Tensor,
-    valid: Tensor,
+    valid: Tensor | None,
     gamma: GammaPlan,
     alpha_pos: Tensor | None,
     views: _ChunkViews,
@@ -215,14 +216,17 @@ def _index_chunk(
         scale = 1.0 - float(alpha_pos)
     else:
         scale = views.alpha_neg
-    if not bool(valid.all()):  # ignored rows: a zero scale (no loss, no gradient, no sum)
+    if valid is not None and not bool(valid.all()):  # ignored rows: a zero scale
         keep = valid.unsqueeze(-1)
         if isinstance(scale, Tensor):
             scale = torch.mul(scale, keep, out=bufs[3])
         else:
             factor = 1.0 if scale is None else scale
             scale = bufs[3].copy_(keep.expand_as(x)).mul_(factor)
-    is_pos = ((labels >= 0) & (labels < num_classes) & valid).unsqueeze(-1)
+    is_pos = (labels >= 0) & (labels < num_classes)
+    if valid is not None:
+        is_pos &= valid
+    is_pos = is_pos.unsqueeze(-1)
     col = labels.clamp(0, num_classes - 1).unsqueeze(-1)
     drop = (col, is_pos.logical_not().to(x.dtype))
     partial = _hard_chunk(x, gamma.value, scale, None, loss_out, grad_out, bufs, drop)
@@ -233,12 +237,13 @@ def _index_chunk(
     loss_pos, grad_pos = sigmoid_focal_terms(
         x_pos, torch.ones_like(x_pos), gamma, a_pos, grad_out is not None
     )
-    if grad_out is not None:
+    if grad_out is not None and grad_pos is not None:
         _put_positives(grad_out, col, is_pos, grad_pos)
     if loss_out is not None:
         _put_positives(loss_out, col, is_pos, loss_pos)
         return None
-    return partial + torch.where(is_pos, loss_pos, 0).sum()
+    positives = torch.where(is_pos, loss_pos, 0).sum()
+    return positives if partial is None else partial + positives
 
 
 def _put_positives(t: Tensor, col: Tensor, pos: Tensor, values: Tensor) -> Tensor:
@@ -294,10 +299,11 @@ def sigmoid_focal_chunked(
         loss_out = None if out is None else out[start:stop]
         grad_out = None if grad is None else grad[start:stop]
         views = None if scratch is None else scratch(stop - start)
+        partial: Tensor | None = None
         fast = views is not None
-        if fast and spec.index_form:
+        if views is not None and spec.index_form:
             partial = _index_chunk(xs, ts, vs, spec.gamma, alpha_pos, views, loss_out, grad_out)
-        elif fast:
+        elif views is not None:
             ys = ts.to(cdtype)
             # integer targets (with a mask) are 0/1 by construction; float ones are checked
             if vs is not None or _is_binary(ys, views.bufs[0]):
@@ -307,16 +313,18 @@ def sigmoid_focal_chunked(
         if not fast:
             ws = None if w2 is None else w2[start:stop]
             partial, g = sigmoid_focal_plain(xs, ts, vs, ws, alpha_pos, spec, need_grad)
-            if not spec.reduce_sum:
+            if loss_out is not None:
                 loss_out.copy_(partial)
                 partial = None
-            if g is not None:
+            if g is not None and grad_out is not None:
                 grad_out.copy_(g)
         if partial is not None:
             total += partial
     if grad is not None:
         grad = grad.reshape(logits.shape)
-    return (total.to(cdtype) if spec.reduce_sum else out.reshape(logits.shape)), grad
+    if out is None:
+        return total.to(cdtype), grad
+    return out.reshape(logits.shape), grad
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,14 +354,14 @@ def softmax_index_rows(
     # with a gradient, softmax writes into it: one piece (the per-row work is a few dozen
     # small ops, so fewer pieces are faster); without, cache-sized pieces bound the scratch
     step = max(rows, 1) if need_grad else max(1, FOCAL_CHUNK_ELEMENTS // max(num_classes, 1))
-    buf = None if need_grad else x.new_empty((min(step, rows), num_classes))
-    loss = x.new_empty(rows)
     grad = torch.empty_like(x) if need_grad else None
+    buf = grad if grad is not None else x.new_empty((min(step, rows), num_classes))
+    loss = x.new_empty(rows)
     tiny = torch.finfo(x.dtype).tiny
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         xs = x[start:stop]
-        out = buf[: stop - start] if grad is None else grad[start:stop]
+        out = buf[start:stop] if grad is not None else buf[: stop - start]
         p = torch.softmax(xs, -1, out=out)
         col = safe[start:stop]
         p_y = p.gather(-1, col)
@@ -413,6 +421,6 @@ def ghm_weighted_bce(
             total += loss
         else:
             out[s] = loss
-        if grad is not None:
+        if grad is not None and g is not None:
             grad[s] = g
     return (total.to(x.dtype) if out is None else out), grad

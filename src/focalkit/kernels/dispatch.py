@@ -254,7 +254,7 @@ def resolve_backend(
         return _record(Choice(loss, backend, "requested"))
     if is_compiling():
         return _record(Choice(loss, "torch", "auto: inside torch.compile (Inductor fuses it)"))
-    skipped = []
+    skipped: list[str] = []
     for name in LOSS_BACKENDS[loss]:
         call = _Call(tensor, dtype_ok, unsupported.get(name))
         failed = _first_failure(name, call)

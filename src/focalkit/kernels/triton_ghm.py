@@ -313,7 +313,9 @@ def ghm_c_histogram(inp: GHMCInputs) -> Tensor:
     return counts
 
 
-def _ghm_c_launch(inp: GHMCInputs, per_bin: Tensor, need_grad: bool) -> tuple[Tensor, Tensor]:
+def _ghm_c_launch(
+    inp: GHMCInputs, per_bin: Tensor, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
     n = inp.x.numel()
     device = inp.x.device
     grid = (triton.cdiv(n, BLOCK),)
@@ -525,7 +527,9 @@ def ghm_r_histogram(inp: GHMRInputs) -> tuple[Tensor, Tensor | None]:
     return counts, (None if wsum is None else wsum.sum())
 
 
-def _ghm_r_launch(inp: GHMRInputs, per_bin: Tensor, need_grad: bool) -> tuple[Tensor, Tensor]:
+def _ghm_r_launch(
+    inp: GHMRInputs, per_bin: Tensor, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
     n = inp.pred.numel()
     device = inp.pred.device
     grid = (triton.cdiv(n, BLOCK),)

@@ -24,6 +24,7 @@ __all__ = ["LossModule"]
 
 class LossModule(nn.Module):
     weight: Tensor | None
+    normalizer: float | Tensor | None
 
     def __init__(
         self,

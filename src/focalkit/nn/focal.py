@@ -23,6 +23,7 @@ class _FocalLossBase(LossModule):
 
     p_hat: Tensor
     p_hat_initialized: Tensor
+    alpha: Alpha
 
     def __init__(
         self,
