@@ -25,7 +25,7 @@ from focalkit.cli.bench_suite import (  # the package holds the one copy `focalk
     interleaved_times,
     peak_bytes,
 )
-from focalkit.cli.records import atomic_write_json
+from focalkit.demo.records import atomic_write_json
 
 __all__ = [
     "environment",

@@ -151,8 +151,14 @@ def _resolve_device(requested: str) -> str:
     return requested
 
 
+class _Failure(Exception):
+    """A problem reported in one line with exit code 1 (not a usage error)."""
+
+
 def _demo(args: argparse.Namespace, argv: list[str], console) -> int:
-    from .demo import DemoOptions, run_demo
+    from focalkit.demo import DemoError, DemoOptions, run
+
+    from .console import RunProgress, log, print_table
 
     options = DemoOptions(
         preset="quick" if args.quick else "full" if args.full else "default",
@@ -163,13 +169,28 @@ def _demo(args: argparse.Namespace, argv: list[str], console) -> int:
         force=args.force,
         argv=tuple(argv),
     )
-    return run_demo(options, console)
+    try:
+        result = run(options, progress=lambda total: RunProgress(total, console))
+    except DemoError as exc:
+        raise _Failure(str(exc)) from exc
+    for title, columns, rows in result.tables:
+        print_table(title, columns, rows)
+    log.info(
+        "%d runs computed, %d reused, %.1f s; results: %s",
+        result.computed,
+        result.reused,
+        result.seconds,
+        result.results_path.resolve(),
+    )
+    log.info("report: %s", result.report_path.resolve())
+    return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from focalkit.demo.focal_curves import focal_curve_data
+    from focalkit.demo.plots import plot_focal_curves
+
     from .console import log
-    from .focal_curves import focal_curve_data
-    from .plots import plot_focal_curves
 
     path = plot_focal_curves(focal_curve_data(), args.out)
     log.info("wrote %s", path.resolve())
@@ -177,9 +198,10 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from focalkit.demo.records import read_record
+    from focalkit.demo.report import write_report
+
     from .console import log
-    from .records import read_record
-    from .report import write_report
 
     results = read_record(args.out / "results.json")
     if results is None:
@@ -224,10 +246,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{PROG}: interrupted; finished runs are saved, {again}", file=sys.stderr)
         return 130
-    except Exception as exc:
-        from .demo import DemoError
-
-        if isinstance(exc, DemoError):
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except _Failure as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1

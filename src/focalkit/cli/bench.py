@@ -114,9 +114,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     import torch
 
+    from focalkit.demo.records import atomic_write_json
+
     from . import _UsageError
     from .bench_suite import PRESETS, SuiteOptions, format_table, plot_suite, run_suite
-    from .records import atomic_write_json
 
     prog = "focalkit bench"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -177,9 +178,10 @@ def _resumable(prog: str, path: Path, opts) -> dict:
     """The document at ``path`` if ``opts`` can extend it, else a usage error saying why."""
     import torch
 
+    from focalkit.demo.records import read_record
+
     from . import _UsageError
     from .bench_suite import environment
-    from .records import read_record
 
     doc = read_record(path)
     needed = (

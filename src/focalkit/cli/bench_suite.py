@@ -645,7 +645,7 @@ def format_table(doc: dict) -> str:
 
 def plot_suite(doc: dict, path: Path) -> Path:
     """Speed-up vs the family baseline and bandwidth as % of copy, against size (fwd+bwd)."""
-    from .plots import _pyplot, save_figure
+    from focalkit.demo.plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))

@@ -81,7 +81,7 @@ def _mean_curve(records: Sequence[dict], x_key: str, y_key: str) -> tuple[np.nda
 
 def plot_focal_curves(data: dict, path: Path) -> Path:
     """Loss and gradient magnitude against p_t for each gamma, from
-    :func:`focalkit.cli.focal_curves.focal_curve_data`."""
+    :func:`focalkit.demo.focal_curves.focal_curve_data`."""
     plt = _pyplot()
     p_t = np.asarray(data["p_t"])
     fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(10, 4))
