@@ -22,12 +22,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import pathlib
-import uuid
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from ..records import atomic_write_bytes
 
 __all__ = [
     "CLASS_NAMES",
@@ -222,13 +222,7 @@ def coco_dict(spec: SceneSpec, scenes: SceneSet, split: str) -> dict:
 
 
 def write_coco(path: pathlib.Path, payload: dict) -> pathlib.Path:
-    """Write a JSON file atomically (temporary file in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(payload))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write a JSON file atomically (:func:`focalkit.demo.records.atomic_write_bytes`: a
+    temporary file in the same folder, fsync, then ``os.replace``)."""
+    atomic_write_bytes(path, json.dumps(payload).encode("utf-8"))
     return path
