@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -54,7 +55,7 @@ def make_inputs(numel: int, classes: int, seed: int = 0):
 
 def _steps(numel: int, classes: int):
     logits, dense, labels = make_inputs(numel, classes)
-    variants = {
+    variants: dict[str, tuple[Callable[..., torch.Tensor], torch.Tensor]] = {
         BASE: (eager_focal, dense),
         "focalkit (dense targets)": (fk.sigmoid_focal_loss, dense),
         "focalkit (class-index targets)": (fk.sigmoid_focal_loss, labels),

@@ -252,8 +252,8 @@ def run(options: DemoOptions, progress: Callable[[int], Progress] | None = None)
                 log.info(
                     "[%d/%d] %s: unreadable record, recomputing", index, len(jobs), job.describe()
                 )
-            with bars.run(f"{job.study} {job.name} s{job.seed}") as progress:
-                record = _call(job, options.device, progress)
+            with bars.run(f"{job.study} {job.name} s{job.seed}") as step_done:
+                record = _call(job, options.device, step_done)
             record = {**record, "name": job.name, "config": config, "versions": env}
             atomic_write_json(path, record)
             records.append(record)
