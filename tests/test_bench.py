@@ -14,17 +14,19 @@ import torch
 
 pytest.importorskip("matplotlib")
 
-from focalkit.cli import baselines, main
-from focalkit.cli.bench_suite import MIN_BYTES_FORMULAS, MODES, min_bytes
+from focalkit.bench import baselines, focal_cpu, ghm_box
+from focalkit.bench.readme import suite_table
+from focalkit.bench.suite import MIN_BYTES_FORMULAS, MODES, min_bytes
+from focalkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALWAYS = {
-    "focalkit (torch)": "sigmoid",
+    "focalkit (chunked)": "sigmoid",  # the CPU runs: "auto" takes the chunked backend
     "eager torchvision formula": "sigmoid",
-    "focalkit softmax (torch)": "softmax",
+    "focalkit softmax (chunked)": "softmax",
     "eager cross_entropy focal": "softmax",
-    "focalkit ghm_c (torch)": "ghm_c",
+    "focalkit ghm_c (chunked)": "ghm_c",
     "per-bin loop ghm_c": "ghm_c",
     "copy": "copy",
 }
@@ -171,7 +173,7 @@ def test_interrupted_run_keeps_finished_cases_and_resume_measures_only_the_rest(
 ):
     """The JSON is rewritten after each size x dtype: a run stopped in its second case leaves
     the first; ``--resume`` keeps those rows untouched and measures only the second."""
-    from focalkit.cli import bench_suite
+    from focalkit.bench import suite as bench_suite
 
     json_path = tmp_path / "suite.json"
     argv = [
@@ -202,7 +204,7 @@ def test_interrupted_run_keeps_finished_cases_and_resume_measures_only_the_rest(
     partial = json.loads(json_path.read_text())
     assert partial["done"] == [[2000, 8, "fp32"]] and partial["complete"] is False
     assert {r["numel"] for r in partial["rows"]} == {2000}
-    table = _load("render_readme").suite_table(partial)
+    table = suite_table(partial)
     assert "Partial: 1 of 2 size x dtype cases measured." in table
 
     measured.clear()
@@ -293,20 +295,56 @@ def test_script_is_the_same_command():
 
 
 def _load(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize(
-    ("script", "function"),
-    [("bench_focal_cpu", "eager_focal"), ("bench_ghm_box", "loop_ghm_c")],
+    ("script", "benchmark", "function"),
+    [("bench_focal_cpu", focal_cpu, "eager_focal"), ("bench_ghm_box", ghm_box, "loop_ghm_c")],
 )
-def test_benchmark_scripts_use_the_package_baselines(script, function):
-    """The scripts and `focalkit bench` time one and the same baseline function."""
-    assert getattr(_load(script), function) is getattr(baselines, function)
+def test_benchmark_scripts_use_the_package_baselines(script, benchmark, function):
+    """The scripts and `focalkit bench` time one and the same baseline function: each script
+    only runs its benchmark in focalkit.bench, which times the package's baseline."""
+    assert _load(script).main is benchmark.main
+    assert getattr(benchmark, function) is getattr(baselines, function)
+
+
+def test_cli_presets_are_the_suite_presets():
+    from focalkit.bench.suite import PRESETS
+    from focalkit.cli import PRESET_NAMES
+
+    assert set(PRESET_NAMES) == set(PRESETS)
+
+
+def _schema(value):
+    """Keys and value types, recursively (list elements merged), without the numbers (which
+    may be null: a peak or ratio not measured)."""
+    if isinstance(value, dict):
+        return {key: _schema(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return sorted({json.dumps(_schema(item), sort_keys=True) for item in value})
+    return "number" if value is None or isinstance(value, (int, float)) else type(value).__name__
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "argv", "committed"),
+    [
+        (focal_cpu, ["--numel", "16000", "--repeat", "1"], "focal_cpu.json"),
+        (ghm_box, ["--repeat", "1", "--ghm-sizes", "8000", "--boxes", "100"], "ghm_box_cpu.json"),
+    ],
+)
+def test_named_benchmarks_write_the_schema_of_the_committed_results(
+    benchmark, argv, committed, tmp_path, capsys
+):
+    """`benchmarks/bench_focal_cpu.py` and `bench_ghm_box.py` (thin callers of these) write
+    what the committed results and render_readme.py hold."""
+    path = tmp_path / committed
+    assert benchmark.main([*argv, "--json", str(path)]) == 0
+    assert capsys.readouterr().out.strip()
+    new = json.loads(path.read_text())
+    old = json.loads((ROOT / "benchmarks" / "results" / committed).read_text())
+    assert set(new.pop("environment")) == set(old.pop("environment"))  # values: per machine
+    assert _schema(new) == _schema(old)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 pytest.importorskip("sklearn")
 
 import focalkit as fk
-from focalkit.cli.classification import (
+from focalkit.demo.classification import (
     CLASSIFICATION_LOSSES,
     classification_setting,
     long_tailed_sizes,
@@ -22,7 +22,7 @@ from focalkit.cli.classification import (
     make_criterion,
     run_classification,
 )
-from focalkit.cli.metrics import expected_calibration_error, mean_std, reliability_bins
+from focalkit.demo.metrics import expected_calibration_error, mean_std, reliability_bins
 
 # --------------------------------------------------------------------------------------------
 # expected calibration error

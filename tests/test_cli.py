@@ -19,7 +19,8 @@ pytest.importorskip("rich")
 pytest.importorskip("sklearn")
 
 import focalkit
-from focalkit.cli import classification, main
+from focalkit.cli import main
+from focalkit.demo import classification
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLS_FIGURES = (
@@ -127,7 +128,7 @@ def test_plot_focal_curves(tmp_path, capsys):
 
 def test_focal_curve_data_is_the_library_loss():
     """gamma = 0 is -log(p_t); the gradient at p_t is |dFL/dx| of the spec's closed form."""
-    from focalkit.cli.focal_curves import focal_curve_data
+    from focalkit.demo.focal_curves import focal_curve_data
 
     data = focal_curve_data(gammas=(0.0, 2.0), points=9)
     p = torch.tensor(data["p_t"], dtype=torch.float64)
@@ -176,7 +177,7 @@ def test_quick_demo_logs_and_summary(quick_demo):
 
 @pytest.mark.slow
 def test_quick_demo_records(quick_demo):
-    from focalkit.cli import detection
+    from focalkit.demo.detection import study as detection
 
     out, _ = quick_demo
     results = json.loads((out / "results.json").read_text())
@@ -271,7 +272,7 @@ def _runs(metric: str, values: list[float]) -> list[dict]:
 
 def test_report_comparisons_come_from_the_numbers():
     """The comparison sentence follows the measured means and a t-test over seeds."""
-    from focalkit.cli.report import compare
+    from focalkit.demo.report import compare
 
     strong = compare(
         "AP",

@@ -1,4 +1,4 @@
-"""Detection study (focalkit.cli.detection): geometry, assignment, coding, NMS, COCO, one run."""
+"""Detection study (focalkit.demo.detection): geometry, assignment, coding, NMS, COCO, one run."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from focalkit.cli import detection as det
-from focalkit.cli.det_boxes import (
+from focalkit.demo.detection import study as det
+from focalkit.demo.detection.boxes import (
     assign_targets,
     batched_nms,
     box_iou,
@@ -23,8 +23,14 @@ from focalkit.cli.det_boxes import (
     grid_anchors,
     nms,
 )
-from focalkit.cli.det_data import SceneSpec, coco_dict, generate_scene, load_scenes, write_coco
-from focalkit.cli.det_eval import coco_evaluate, cumulative_loss, gradient_norm_histogram
+from focalkit.demo.detection.data import (
+    SceneSpec,
+    coco_dict,
+    generate_scene,
+    load_scenes,
+    write_coco,
+)
+from focalkit.demo.detection.evaluate import coco_evaluate, cumulative_loss, gradient_norm_histogram
 
 pytest.importorskip("pycocotools")
 

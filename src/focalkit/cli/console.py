@@ -1,5 +1,8 @@
 """Terminal output of the command line: logging, progress bars with ETA (rich), plain log lines
-instead of bars when stderr is not a terminal (or ``CI`` is set), and the summary table."""
+instead of bars when stderr is not a terminal (or ``CI`` is set), and the summary table.
+
+The handler goes on the ``focalkit`` logger, so the ``focalkit.cli`` lines and those the library
+code of :mod:`focalkit.demo` logs on ``focalkit.demo`` come out the same way."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from contextlib import contextmanager
 __all__ = ["RunProgress", "interactive", "log", "print_table", "setup_logging"]
 
 log = logging.getLogger("focalkit.cli")
+_ROOT = logging.getLogger("focalkit")
 
 _HANDLER_FLAG = "_focalkit_cli_handler"
 
@@ -31,11 +35,11 @@ def _stderr_console():
 
 
 def setup_logging(level: int = logging.INFO):
-    """(Re)install the one handler of the ``focalkit.cli`` logger on the current stderr and
+    """(Re)install the one handler of the ``focalkit`` logger on the current stderr and
     return the rich console progress bars must share (``None`` when not interactive)."""
-    for handler in list(log.handlers):
+    for handler in list(_ROOT.handlers):
         if getattr(handler, _HANDLER_FLAG, False):
-            log.removeHandler(handler)
+            _ROOT.removeHandler(handler)
     console = None
     if interactive():
         from rich.logging import RichHandler
@@ -49,9 +53,9 @@ def setup_logging(level: int = logging.INFO):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("focalkit: %(message)s"))
     setattr(handler, _HANDLER_FLAG, True)
-    log.addHandler(handler)
-    log.setLevel(level)
-    log.propagate = False
+    _ROOT.addHandler(handler)
+    _ROOT.setLevel(level)
+    _ROOT.propagate = False
     return console
 
 

@@ -5,7 +5,7 @@ box loss fixed at RetinaNet's smooth L1, and box losses (``smooth_l1``, ``giou``
 ``eiou``, ``focal_eiou``, ``ghmr``) with the classification loss fixed at focal loss, on the
 same detector, data, initialisation, optimiser, learning-rate schedule and number of steps.
 
-Data (:mod:`.det_data`): generated scenes (squares, discs, triangles of random colours, mostly
+Data (:mod:`.data`): generated scenes (squares, discs, triangles of random colours, mostly
 COCO-small, on backgrounds of noise, gradients, soft blobs and lines); train and test splits
 from different seeds, fixed by the setting. ``seed`` picks the network's initialisation and the
 batch order, and every loss gets the same seeds. The test ground truth is written as a COCO
@@ -13,9 +13,9 @@ json under ``workdir`` (content-addressed by the data's parameters, written atom
 evaluated with ``pycocotools.cocoeval.COCOeval(gt, dt, "bbox")`` with COCO's default area
 ranges (small = area < 32**2 pixels).
 
-Detector (:mod:`.det_model`): RetinaNet-style, two levels (strides 8 and 16), 9 anchors per
+Detector (:mod:`.model`): RetinaNet-style, two levels (strides 8 and 16), 9 anchors per
 location (3 sizes x ratios 1:2, 1:1, 2:1), shared heads, classification bias
-``fk.prior_bias(0.01)``. Targets (:mod:`.det_boxes`): IoU >= 0.5 positive, < 0.4 background,
+``fk.prior_bias(0.01)``. Targets (:mod:`.boxes`): IoU >= 0.5 positive, < 0.4 background,
 in between ignored, plus every gt's best anchor(s) positive; boxes encoded as R-CNN deltas with
 weights (1, 1, 1, 1) (RetinaNet's, in Detectron and torchvision).
 
@@ -75,8 +75,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .det_boxes import assign_targets, decode_boxes, encode_boxes, grid_anchors
-from .det_data import (
+from .boxes import assign_targets, decode_boxes, encode_boxes, grid_anchors
+from .data import (
     CLASS_NAMES,
     SceneSet,
     SceneSpec,
@@ -85,8 +85,8 @@ from .det_data import (
     load_scenes,
     write_coco,
 )
-from .det_eval import coco_evaluate, cumulative_loss, gradient_norm_histogram, postprocess
-from .det_model import TinyRetinaNet
+from .evaluate import coco_evaluate, cumulative_loss, gradient_norm_histogram, postprocess
+from .model import TinyRetinaNet
 
 __all__ = [
     "BOX_LOSSES",

@@ -9,15 +9,19 @@ calls, variants interleaved block by block, CUDA synchronised) three modes:
 
 Implementations (``op`` family, baseline of the family in brackets):
 
-* ``sigmoid`` [eager torchvision formula]: focalkit (torch), focalkit (triton) where
-  ``resolve_backend("auto", logits)`` picks triton, the eager torchvision formula,
+The focalkit rows that run PyTorch ops use :func:`focalkit.bench.torch_ops_backend` (the
+chunked CPU path on a CPU, the plain torch formula elsewhere) and are labelled with it
+("focalkit (chunked)"); "(triton)" rows are added where ``"auto"`` picks triton.
+
+* ``sigmoid`` [eager torchvision formula]: focalkit (chunked / torch), focalkit (triton) where
+  "auto" picks triton, the eager torchvision formula,
   ``torch.compile`` of it, ``torchvision.ops`` / ``kornia`` / ``monai`` where importable; dense
   float targets of the logits' dtype, alpha 0.25, gamma 2, mean.
 * ``softmax`` [eager cross_entropy focal]: ``focalkit.softmax_focal_loss`` (gamma 2, no alpha;
-  torch backend, and triton where "auto" picks it) against the ``F.cross_entropy``-based
-  formula, int64 class targets, one per row.
-* ``ghm_c`` [per-bin loop]: ``focalkit.ghm_c_loss(bins=30)`` (torch backend, and triton where
-  "auto" picks it) against mmdetection's per-bin loop.
+  the torch-ops backend, and triton where "auto" picks it) against the
+  ``F.cross_entropy``-based formula, int64 class targets, one per row.
+* ``ghm_c`` [per-bin loop]: ``focalkit.ghm_c_loss(bins=30)`` (the torch-ops backend, and
+  triton where "auto" picks it) against mmdetection's per-bin loop.
 * ``copy``: ``dst.copy_(src)`` of the logits, the bandwidth ceiling (same in every mode).
 
 Minimal bytes (``n`` logits of ``s`` bytes each, ``r`` rows; dense targets have the logits'
@@ -27,40 +31,54 @@ size, dtype and mode. ``ratio_vs_eager`` is ``baseline seconds / seconds`` for t
 baseline (the copy row against the eager sigmoid formula); ``ratio_vs_compile`` the same against
 ``torch.compile`` of the eager formula (sigmoid family and copy only). ``max_abs_diff``: for
 ``forward`` rows ``|loss - focalkit loss|``, for ``backward`` / ``fwd+bwd`` rows the largest
-``|grad - focalkit grad|`` (focalkit torch backend of the same family; None for copy).
+``|grad - focalkit grad|`` (the focalkit torch-ops row of the same family; None for copy).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the start of one call; on CPU
 the resident high-water mark of one call, measured in a child process with glibc's mmap
 threshold lowered (so timings stay in this process, unaffected); not measured for compiled
-rows on CPU (it would recompile in the child).
+rows on CPU (it would recompile in the child). Both come from :mod:`.harness`, as do the
+timings.
+
+The results document is written atomically after each size x dtype (:func:`run_to_file`), so
+an interrupted run keeps its finished cases and ``resume=True`` measures only the others.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import math
-import os
-import platform
-import re
-import statistics
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from focalkit.demo.records import atomic_write_json, read_record
+
+from . import torch_ops_backend
+from .harness import (
+    environment,
+    fwd_bwd_step,
+    interleaved_medians,
+    peak_bytes,
+    peak_in_child,
+)
+
 __all__ = [
     "MIN_BYTES_FORMULAS",
     "MODES",
     "PRESETS",
+    "ResumeError",
     "SuiteOptions",
     "case_key",
+    "default_json_path",
+    "format_table",
+    "load_resumable",
     "min_bytes",
     "run_suite",
+    "run_to_file",
+    "suite_options",
 ]
 
 MODES = ("forward", "backward", "fwd+bwd")
@@ -103,12 +121,12 @@ BASELINE = {
     "copy": "eager torchvision formula",
 }
 COMPILED = "torch.compile(eager)"
-REFERENCE = {
-    "sigmoid": "focalkit (torch)",
-    "softmax": "focalkit softmax (torch)",
-    "ghm_c": "focalkit ghm_c (torch)",
-}
-STATUS = Path("/proc/self/status")
+FAMILY_LABEL = {"sigmoid": "focalkit", "softmax": "focalkit softmax", "ghm_c": "focalkit ghm_c"}
+
+
+def reference_row(op: str, device_type: str) -> str:
+    """The focalkit torch-ops row of family ``op``, against which max_abs_diff is taken."""
+    return f"{FAMILY_LABEL[op]} ({torch_ops_backend(device_type)})"
 
 
 def min_bytes(op: str, mode: str, numel: int, rows: int, itemsize: int) -> int:
@@ -130,103 +148,6 @@ class SuiteOptions:
     compile: bool = True
     memory: bool = True
     command: str = ""
-
-
-# ----------------------------------------------------------------------------------------------
-# measurement (the same method as benchmarks/_harness.py, which the package cannot import)
-# ----------------------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-
-def interleaved_times(fns, device, *, repeat: int, warmup: int = 1, rounds: int = 3):
-    """Seconds of every timed call of each function, timed in alternating blocks
-    (A A A, B B B, A A A ...); each block starts with ``warmup`` untimed calls."""
-    sync = _sync(device)
-    rounds = max(1, min(rounds, repeat))
-    per_block = max(1, -(-repeat // rounds))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(warmup):
-                fn()
-            sync()
-            for _ in range(per_block):
-                start = time.perf_counter()
-                fn()
-                sync()
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
-def interleaved_medians(fns, device, *, repeat: int, warmup: int = 1, rounds: int = 3):
-    """Median seconds of each function, timed as :func:`interleaved_times`."""
-    times = interleaved_times(fns, device, repeat=repeat, warmup=warmup, rounds=rounds)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def fix_mmap_threshold() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def _status_kib(name: str) -> int:
-    match = re.search(rf"{name}:\s+(\d+)", STATUS.read_text())
-    return int(match.group(1)) if match else 0
-
-
-def peak_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
-    fn()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - start
-    if not STATUS.exists():
-        return None
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return None
-    start = _status_kib("VmRSS")
-    fn()
-    return max(0, (_status_kib("VmHWM") - start) * 1024)
-
-
-def environment(device: torch.device) -> dict:
-    import importlib.metadata as md
-
-    import focalkit
-
-    info = {
-        "focalkit": focalkit.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "threads": torch.get_num_threads(),
-        "device": device.type,
-        "device_name": (
-            torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else platform.processor() or platform.machine()
-        ),
-    }
-    for dist in ("triton", "torchvision", "kornia", "monai"):
-        try:
-            info[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            info[dist] = None
-    return info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,29 +199,26 @@ class Impl:
     loss: Callable[[torch.Tensor, Case], torch.Tensor] | None  # None: the copy row
 
 
-def _eager(x: torch.Tensor) -> str:
-    """The backend of the "focalkit (torch)" rows: the chunked CPU path on a CPU tensor, the
-    plain torch formula elsewhere (torch ops, no Triton)."""
-    return "chunked" if x.device.type == "cpu" else "torch"
-
-
 def implementations(
     case: Case, *, compile_ok: bool, skipped: dict[str, str], with_compile: bool = True
 ) -> list[Impl]:
     """The implementations that can run on ``case``; the others go to ``skipped`` (name -> why)."""
     import focalkit as fk
+    from focalkit.kernels.dispatch import resolve_backend
 
-    from ..kernels.dispatch import resolve_backend
     from .baselines import eager_focal, eager_softmax_focal, loop_ghm_c
 
+    device_type = case.logits.device.type
+    backend = torch_ops_backend(device_type)
     impls = [
         Impl(
-            "focalkit (torch)",
+            reference_row("sigmoid", device_type),
             "sigmoid",
-            lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend=_eager(x)),
+            lambda x, c: fk.sigmoid_focal_loss(x, c.dense, backend=backend),
         ),
     ]
-    triton = resolve_backend("sigmoid_focal_loss", "auto", case.logits).backend == "triton"
+    choice = resolve_backend("sigmoid_focal_loss", "auto", case.logits)
+    triton = choice.backend == "triton"
     if triton:
         impls.append(
             Impl(
@@ -310,7 +228,7 @@ def implementations(
             )
         )
     else:
-        why = "auto backend resolves to torch on this device"
+        why = f"auto backend resolves to {choice.backend} on this device"
         for name in ("focalkit (triton)", "focalkit softmax (triton)", "focalkit ghm_c (triton)"):
             skipped.setdefault(name, why)
     impls.append(Impl(BASELINE["sigmoid"], "sigmoid", lambda x, c: eager_focal(x, c.dense)))
@@ -355,9 +273,9 @@ def implementations(
         skipped.setdefault("monai", "not installed")
     impls.append(
         Impl(
-            REFERENCE["softmax"],
+            reference_row("softmax", device_type),
             "softmax",
-            lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0, backend=_eager(x)),
+            lambda x, c: fk.softmax_focal_loss(x, c.labels, gamma=2.0, backend=backend),
         )
     )
     if triton:
@@ -371,9 +289,9 @@ def implementations(
     impls += [
         Impl(BASELINE["softmax"], "softmax", lambda x, c: eager_softmax_focal(x, c.labels)),
         Impl(
-            REFERENCE["ghm_c"],
+            reference_row("ghm_c", device_type),
             "ghm_c",
-            lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30, backend=_eager(x)),
+            lambda x, c: fk.ghm_c_loss(x, c.dense, bins=30, backend=backend),
         ),
     ]
     if triton:
@@ -404,15 +322,7 @@ def make_step(impl: Impl, case: Case, mode: str) -> Callable[[], object]:
         loss = loss_fn(x, case)
         return lambda: torch.autograd.grad(loss, x, retain_graph=True)
 
-    x = case.logits.detach().requires_grad_(True)
-
-    def step():
-        x.grad = None
-        out = loss_fn(x, case)
-        out.backward()
-        return out
-
-    return step
+    return fwd_bwd_step(loss_fn, case.logits, case)
 
 
 def _values(impl: Impl, case: Case) -> tuple[float, torch.Tensor]:
@@ -429,29 +339,17 @@ def _values(impl: Impl, case: Case) -> tuple[float, torch.Tensor]:
 
 def _peaks_cpu(numel: int, classes: int, dtype_name: str) -> dict[str, int | None]:
     """Peak bytes of every (impl, mode) on CPU, measured in a child process."""
-    spec = json.dumps({"numel": numel, "classes": classes, "dtype": dtype_name})
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    out = (
-        subprocess.run(
-            [sys.executable, "-m", "focalkit.cli.bench_suite", "--peak-child", spec],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        .stdout.strip()
-        .splitlines()
+    peaks = peak_in_child(
+        "focalkit.bench.suite:case_peaks", numel=numel, classes=classes, dtype=dtype_name
     )
-    return json.loads(out[-1]) if out else {}
+    return peaks or {}
 
 
-def _peak_child(spec_text: str) -> int:
-    fix_mmap_threshold()
-    spec = json.loads(spec_text)
+def case_peaks(numel: int, classes: int, dtype: str) -> dict[str, int | None]:
+    """``{"impl|mode": peak bytes}`` of every implementation but the compiled one, in this
+    process (run by :func:`_peaks_cpu` in a child)."""
     device = torch.device("cpu")
-    case = make_case(spec["numel"], spec["classes"], spec["dtype"], device)
+    case = make_case(numel, classes, dtype, device)
     result: dict[str, int | None] = {}
     for impl in implementations(case, compile_ok=False, skipped={}, with_compile=False):
         for mode in MODES:
@@ -460,8 +358,7 @@ def _peak_child(spec_text: str) -> int:
             except Exception:  # the parent records the failure when timing
                 result[f"{impl.name}|{mode}"] = None
             gc.collect()
-    print(json.dumps(result))
-    return 0
+    return result
 
 
 def _describe(exc: BaseException) -> str:
@@ -511,7 +408,7 @@ def run_case(
             nbytes = min_bytes(impl.op, mode, case.numel, case.rows, itemsize)
             diff = None
             if impl.loss is not None:
-                ref_loss, ref_grad = values[REFERENCE[impl.op]]
+                ref_loss, ref_grad = values[reference_row(impl.op, device.type)]
                 loss, grad = values[impl.name]
                 diff = (
                     abs(loss - ref_loss)
@@ -649,49 +546,107 @@ def format_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_suite(doc: dict, path: Path) -> Path:
-    """Speed-up vs the family baseline and bandwidth as % of copy, against size (fwd+bwd)."""
-    from .plots import _pyplot, save_figure
+# ----------------------------------------------------------------------------------------------
+# options, resuming and the results file
+# ----------------------------------------------------------------------------------------------
 
-    plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    series: dict[tuple[str, str], list[dict]] = {}
-    for r in doc["rows"]:
-        if r["mode"] == "fwd+bwd":
-            series.setdefault((r["impl"], r["dtype"]), []).append(r)
-    names = sorted({impl for impl, _ in series})
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    colors = {name: cmap(i) for i, name in enumerate(names)}  # one colour per impl, both panels
-    for (impl, dtype), rs in sorted(series.items()):
-        rs = sorted(rs, key=lambda r: (r["classes"], r["numel"]))
-        xs = [r["numel"] for r in rs]
-        style = "-o" if dtype == "fp32" else "--s"
-        kw = {"label": f"{impl} [{dtype}]", "markersize": 4, "color": colors[impl]}
-        if impl != "copy":
-            ax1.plot(xs, [r["ratio_vs_eager"] for r in rs], style, **kw)
-        ax2.plot(xs, [r["pct_of_copy"] for r in rs], style, **kw)
-    ax1.set(
-        xscale="log",
-        yscale="log",
-        xlabel="logits",
-        ylabel="speed-up vs eager baseline",
-        title="fwd+bwd speed-up (family baseline = 1)",
+
+def suite_options(
+    device: str,
+    *,
+    preset: str | None = None,
+    sizes: list[tuple[int, int]] | None = None,
+    dtypes: list[str] | None = None,
+    repeat: int = 5,
+    compile: bool = True,
+    command: str = "",
+) -> SuiteOptions:
+    """The options of a run on ``device`` (``cpu`` or ``cuda``): the preset (default
+    ``gpu`` on CUDA, ``cpu-small`` elsewhere) gives the sizes and dtypes that ``sizes`` and
+    ``dtypes`` do not override; with explicit ``sizes`` the run is named ``custom``."""
+    preset = preset or ("gpu" if device == "cuda" else "cpu-small")
+    return SuiteOptions(
+        device=device,
+        preset=preset if sizes is None else "custom",
+        sizes=list(sizes or PRESETS[preset]["sizes"]),
+        dtypes=list(dtypes or PRESETS[preset]["dtypes"]),
+        repeat=repeat,
+        compile=compile,
+        command=command,
     )
-    ax1.axhline(1.0, color="grey", lw=0.8)
-    ax2.set(
-        xscale="log",
-        xlabel="logits",
-        ylabel="% of copy bandwidth",
-        title="achieved bandwidth (min bytes / time) as % of copy",
+
+
+def default_json_path(opts: SuiteOptions) -> Path:
+    """``benchmarks/results/suite-DEVICE-PRESET.json`` (relative to the working directory)."""
+    return Path("benchmarks/results") / f"suite-{opts.device}-{opts.preset}.json"
+
+
+class ResumeError(ValueError):
+    """The results file cannot be extended by this run (the message says why)."""
+
+
+# what must match for rows of two runs to sit in one table (ratios are within a case, but
+# the cases of one table should come from one machine and one software stack)
+_RESUME_KEYS = (
+    "focalkit",
+    "torch",
+    "triton",
+    "torchvision",
+    "kornia",
+    "monai",
+    "device_name",
+    "threads",
+)
+_DOCUMENT_KEYS = (
+    "benchmark",
+    "environment",
+    "repeat",
+    "compile",
+    "sizes",
+    "dtypes",
+    "skipped",
+    "done",
+    "rows",
+)
+
+
+def load_resumable(path: Path, opts: SuiteOptions) -> dict:
+    """The document at ``path`` if a run with ``opts`` can extend it, else :class:`ResumeError`
+    (not a suite document, or from another machine, software stack, ``repeat`` or compile
+    setting)."""
+    doc = read_record(path)
+    if doc is None or doc.get("benchmark") != "suite" or any(k not in doc for k in _DOCUMENT_KEYS):
+        raise ResumeError(
+            f"--resume: {path} is not a results file of this suite "
+            "(written after each case since --resume exists)"
+        )
+    here = environment(torch.device(opts.device))
+    for key, found, now in (
+        [("device", doc["environment"].get("device"), here["device"])]
+        + [(k, doc["environment"].get(k), here[k]) for k in _RESUME_KEYS]
+        + [("repeat", doc["repeat"], opts.repeat), ("compile", doc["compile"], opts.compile)]
+    ):
+        if found != now:
+            raise ResumeError(f"--resume: {path} has {key} {found!r}, this run {now!r}")
+    return doc
+
+
+def run_to_file(
+    opts: SuiteOptions,
+    path: Path,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """:func:`run_suite`, writing the document to ``path`` atomically after each case and at
+    the end; with ``resume`` (and ``path`` present) the cases already there are kept (see
+    :func:`load_resumable`, checked before anything is measured). Returns the document."""
+    previous = load_resumable(path, opts) if resume and path.exists() else None
+    doc = run_suite(
+        opts,
+        log=log,
+        previous=previous,
+        on_case=lambda partial: atomic_write_json(path, partial),
     )
-    ax2.legend(fontsize=7, loc="best")
-    fig.suptitle(f"focalkit bench: {doc['environment']['device_name']}, preset {doc['preset']}")
-    return save_figure(fig, Path(path))
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--peak-child":
-        raise SystemExit(_peak_child(sys.argv[2]))
-    from . import main
-
-    raise SystemExit(main(["bench", *sys.argv[1:]]))
+    atomic_write_json(path, doc)
+    return doc

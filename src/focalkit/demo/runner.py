@@ -1,5 +1,7 @@
-"""``focalkit demo``: run the studies (seeded, one JSON record per run, resumable), then write
-``results.json``, the figures and ``report.md``.
+"""The demo as a library call: :func:`run` runs the studies (seeded, one JSON record per run,
+resumable), then writes ``results.json``, the figures and ``report.md``. ``focalkit demo`` parses
+its options into :class:`DemoOptions`, calls :func:`run` with its progress bars and prints the
+summary tables of the returned :class:`DemoResult`.
 
 Resume: a run's record ``runs/<study>/<name>-seed<k>.json`` is reused when its stored
 ``config`` (study, loss(es), seed, setting, device) equals the requested one; a missing,
@@ -10,19 +12,32 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import classification
-from .console import RunProgress, log, print_table
 from .focal_curves import focal_curve_data
 from .metrics import mean_std
 from .records import atomic_write_json, canonical, environment, read_record, record_path
 
-__all__ = ["STUDIES", "DemoOptions", "Job", "build_jobs", "run_demo"]
+__all__ = [
+    "STUDIES",
+    "DemoError",
+    "DemoOptions",
+    "DemoResult",
+    "Job",
+    "Progress",
+    "build_jobs",
+    "run",
+    "summary_tables",
+]
+
+log = logging.getLogger("focalkit.demo")
 
 STUDIES = ("classification", "detection")
 DEFAULT_SEEDS = {"classification": 3, "detection": 2}
@@ -84,7 +99,7 @@ class Job:
 
 def _detection_module():
     try:
-        from . import detection
+        from .detection import study as detection
     except ImportError as exc:
         raise DemoError(
             f"the detection study is not available ({exc}); run with --only classification"
@@ -143,8 +158,58 @@ def _metric_line(record: dict) -> str:
     return ", ".join(f"{k} {record['metrics'][k]:.3f}" for k in names if k in record["metrics"])
 
 
-def run_demo(options: DemoOptions, console=None) -> int:
-    """Run (or reuse) every job, write results.json, the figures and report.md; return 0."""
+class Progress(Protocol):
+    """What :func:`run` reports progress to (``focalkit demo`` passes its progress bars):
+    a context manager around all runs, ``run(description)`` a context manager around one run
+    that yields its ``progress(done, total)`` step callback, and ``run_done()`` after each run
+    (computed or reused)."""
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> Any: ...
+
+    def run(self, description: str) -> AbstractContextManager[Callable[[int, int], None]]: ...
+
+    def run_done(self) -> None: ...
+
+
+class _NoProgress:
+    """The default :class:`Progress`: reports nothing."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @contextmanager
+    def run(self, description: str) -> Iterator[Callable[[int, int], None]]:
+        yield lambda done, total: None
+
+    def run_done(self) -> None:
+        return None
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run` did: the ``results.json`` document and where it and the report are,
+    the summary tables (title, columns, rows) to print, and what was computed or reused."""
+
+    results: dict
+    results_path: Path
+    report_path: Path
+    tables: list[tuple[str, list[str], list[list[str]]]]
+    computed: int
+    reused: int
+    seconds: float
+
+
+def run(options: DemoOptions, progress: Callable[[int], Progress] | None = None) -> DemoResult:
+    """Run (or reuse) every job, write results.json, the figures and report.md.
+
+    ``progress(total_runs)`` makes the :class:`Progress` the runs report to (default: none).
+    Each run's outcome is logged on the ``focalkit.demo`` logger. Raises :class:`DemoError`
+    when a requested study cannot run here."""
     from .report import write_report
 
     started = time.perf_counter()
@@ -163,7 +228,7 @@ def run_demo(options: DemoOptions, console=None) -> int:
     records: list[dict] = []
     reused = computed = 0
     status: dict[tuple[str, str], list[int]] = {}
-    with RunProgress(len(jobs), console) as bars:
+    with _NoProgress() if progress is None else progress(len(jobs)) as bars:
         for index, job in enumerate(jobs, start=1):
             path = job.path(out_dir)
             config = job.config(options.device)
@@ -187,8 +252,8 @@ def run_demo(options: DemoOptions, console=None) -> int:
                 log.info(
                     "[%d/%d] %s: unreadable record, recomputing", index, len(jobs), job.describe()
                 )
-            with bars.run(f"{job.study} {job.name} s{job.seed}") as progress:
-                record = _call(job, options.device, progress)
+            with bars.run(f"{job.study} {job.name} s{job.seed}") as step_done:
+                record = _call(job, options.device, step_done)
             record = {**record, "name": job.name, "config": config, "versions": env}
             atomic_write_json(path, record)
             records.append(record)
@@ -224,19 +289,24 @@ def run_demo(options: DemoOptions, console=None) -> int:
     results_path = out_dir / "results.json"
     atomic_write_json(results_path, results)
     report_path = write_report(results, out_dir)
-    _summary(records, status)
-    log.info(
-        "%d runs computed, %d reused, %.1f s; results: %s",
-        computed,
-        reused,
-        time.perf_counter() - started,
-        results_path.resolve(),
+    return DemoResult(
+        results=results,
+        results_path=results_path,
+        report_path=report_path,
+        tables=summary_tables(records, status),
+        computed=computed,
+        reused=reused,
+        seconds=time.perf_counter() - started,
     )
-    log.info("report: %s", report_path.resolve())
-    return 0
 
 
-def _summary(records: list[dict], status: dict[tuple[str, str], list[int]]) -> None:
+def summary_tables(
+    records: Sequence[dict], status: dict[tuple[str, str], list[int]] | None = None
+) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per study, a table of mean ± std over seeds of its summary metrics, one row per
+    configuration; ``status[(study, name)] = [computed, reused]`` adds the reused count."""
+    status = status or {}
+    tables = []
     for study in STUDIES:
         mine = [r for r in records if r["study"] == study]
         if not mine:
@@ -252,4 +322,5 @@ def _summary(records: list[dict], status: dict[tuple[str, str], list[int]]) -> N
             _done, kept = status.get((study, name), [len(runs), 0])
             seeds = f"{len(runs)}" + (f" ({kept} reused)" if kept else "")
             rows.append([name, *cells, seeds])
-        print_table(f"{study}: mean ± std over seeds", ["run", *metrics, "seeds"], rows)
+        tables.append((f"{study}: mean ± std over seeds", ["run", *metrics, "seeds"], rows))
+    return tables

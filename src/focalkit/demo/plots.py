@@ -23,12 +23,15 @@ __all__ = [
     "plot_per_class_recall",
     "plot_reliability",
     "plot_scenes",
+    "pyplot",
+    "save_figure",
 ]
 
 DPI = 120
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -39,7 +42,7 @@ def _pyplot():
 
 def save_figure(fig, path: Path) -> Path:
     """Render ``fig`` to PNG in memory and write it atomically; close the figure."""
-    plt = _pyplot()
+    plt = pyplot()
     buffer = io.BytesIO()
     try:
         fig.tight_layout()
@@ -51,7 +54,7 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def _colors(n: int) -> list:
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10")
     return [cmap(i % 10) for i in range(n)]
 
@@ -81,8 +84,8 @@ def _mean_curve(records: Sequence[dict], x_key: str, y_key: str) -> tuple[np.nda
 
 def plot_focal_curves(data: dict, path: Path) -> Path:
     """Loss and gradient magnitude against p_t for each gamma, from
-    :func:`focalkit.cli.focal_curves.focal_curve_data`."""
-    plt = _pyplot()
+    :func:`focalkit.demo.focal_curves.focal_curve_data`."""
+    plt = pyplot()
     p_t = np.asarray(data["p_t"])
     fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(10, 4))
     for gamma, loss, grad, color in zip(
@@ -122,7 +125,7 @@ def plot_focal_curves(data: dict, path: Path) -> Path:
 def plot_per_class_recall(records: Sequence[dict], path: Path) -> Path:
     """Grouped bars: recall per class on the balanced test set, mean over seeds with the range
     as error bars, one bar per loss; the x labels carry the training-set class sizes."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = _group(records, "loss")
     names = list(groups)
     num_classes = len(records[0]["per_class_recall"])
@@ -181,7 +184,7 @@ def plot_reliability(records: Sequence[dict], path: Path) -> Path:
     """One reliability diagram per loss: accuracy per confidence bin (pooled over seeds) with
     the bin's mean confidence marked, against the diagonal of perfect calibration; below it
     the number of test predictions per bin."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = _group(records, "loss")
     names = list(groups)
     fig, axes = plt.subplots(
@@ -236,7 +239,7 @@ def plot_classification_curves(records: Sequence[dict], path: Path) -> Path:
     """Training curves per loss (mean over seeds): cross-entropy on the whole long-tailed
     training split (comparable across losses) and test balanced accuracy (recorded, not used
     to choose anything)."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = _group(records, "loss")
     fig, (ax_ce, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for (name, runs), color in zip(groups.items(), _colors(len(groups)), strict=True):
@@ -275,7 +278,7 @@ def plot_ap_per_loss(
     """Bars of the mean ``metric`` per loss with the standard deviation over seeds as error bars
     and each seed as a dot; left the classification-loss sweep, right the box-loss sweep.
     Undefined values (-1) are left out."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1,
         2,
@@ -321,7 +324,7 @@ def plot_grad_norm_density(runs_by_loss: dict[str, list[dict]], path: Path) -> P
     """Density of the gradient norm g = |p - y| over the trained detector's held-out anchors,
     per classification loss, counts pooled over seeds (log-scale y, as Fig. 1 of GHM,
     arXiv 1811.05181)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for (name, runs), color in zip(runs_by_loss.items(), _colors(len(runs_by_loss)), strict=True):
         edges = np.asarray(runs[0]["grad_norm_hist"]["edges"], dtype=float)
@@ -346,7 +349,7 @@ def plot_cumulative_loss(cumulative: dict, path: Path, *, title: str) -> Path:
     """Fig. 4 of arXiv 1708.02002: normalised cumulative loss against the fraction of
     foreground (left) and background (right) samples, sorted from low to high loss, for
     several gamma."""
-    plt = _pyplot()
+    plt = pyplot()
     fraction = np.asarray(cumulative["fraction"], dtype=float)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     gammas = cumulative["gammas"]
@@ -374,7 +377,7 @@ def plot_detection_curves(
 ) -> Path:
     """Training losses (mean over seeds): the classification loss of the cls-loss sweep and the
     box loss of the box-loss sweep (each loss on its own scale: log y)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_cls, ax_box) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, sweep, key, title in (
         (ax_cls, cls_sweep, "loss_cls", "classification loss (cls-loss sweep)"),
@@ -402,7 +405,7 @@ def plot_scenes(
 ) -> Path:
     """Test scenes with the true boxes (green, dashed, class name) and the predicted boxes
     scoring at least ``score_threshold`` (red, with class:score)."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     n = len(images)

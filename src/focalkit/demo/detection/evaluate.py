@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .det_boxes import batched_nms, decode_boxes
+from .boxes import batched_nms, decode_boxes
 
 __all__ = [
     "coco_evaluate",

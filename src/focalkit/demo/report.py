@@ -8,6 +8,7 @@ larger than twice its standard error over seeds or within seed noise.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .console import log
 from .metrics import mean_std
 from .records import atomic_write_bytes, canonical
 
 __all__ = ["write_report"]
+
+log = logging.getLogger("focalkit.demo")
 
 FIGURES = "figures"
 
@@ -380,7 +382,7 @@ def _classification_section(runs: list[dict], out_dir: Path, fig_dir: Path) -> l
 
 def _detection_names():
     try:
-        from . import detection
+        from .detection import study as detection
     except ImportError:
         return (
             None,

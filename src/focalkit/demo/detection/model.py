@@ -34,7 +34,7 @@ def _tower(width: int, depth: int) -> nn.Sequential:
 
 class TinyRetinaNet(nn.Module):
     """``forward(images (B, 3, S, S))`` returns ``(cls_logits (B, N, C), deltas (B, N, 4))``
-    with ``N`` the anchors of both levels, in :func:`~focalkit.cli.det_boxes.grid_anchors`
+    with ``N`` the anchors of both levels, in :func:`~focalkit.demo.detection.boxes.grid_anchors`
     order, P3 first."""
 
     def __init__(
