@@ -326,10 +326,12 @@ def make_step(impl: Impl, case: Case, mode: str) -> Callable[[], object]:
 
 
 def _values(impl: Impl, case: Case) -> tuple[float, torch.Tensor]:
+    if impl.loss is None:
+        raise ValueError(f"{impl.name}: the copy row has no loss to compare")
     x = case.logits.detach().requires_grad_(True)
     loss = impl.loss(x, case)
-    loss.backward()
-    return float(loss.detach().float()), x.grad.detach().float()
+    (grad,) = torch.autograd.grad(loss, x)
+    return float(loss.detach().float()), grad.detach().float()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 __all__ = ["RunProgress", "interactive", "log", "print_table", "setup_logging"]
 
@@ -37,17 +38,16 @@ def _stderr_console():
 def setup_logging(level: int = logging.INFO):
     """(Re)install the one handler of the ``focalkit`` logger on the current stderr and
     return the rich console progress bars must share (``None`` when not interactive)."""
-    for handler in list(_ROOT.handlers):
-        if getattr(handler, _HANDLER_FLAG, False):
-            _ROOT.removeHandler(handler)
+    for old in list(_ROOT.handlers):
+        if getattr(old, _HANDLER_FLAG, False):
+            _ROOT.removeHandler(old)
     console = None
+    handler: logging.Handler
     if interactive():
         from rich.logging import RichHandler
 
         console = _stderr_console()
-        handler: logging.Handler = RichHandler(
-            console=console, show_path=False, show_time=False, markup=False
-        )
+        handler = RichHandler(console=console, show_path=False, show_time=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -78,8 +78,8 @@ class RunProgress:
         self.console = console
         self.total_runs = total_runs
         self.log_every_s = log_every_s
-        self._progress = None
-        self._overall = None
+        self._progress: Any = None  # a rich Progress while the display is live
+        self._overall: Any = None
 
     def __enter__(self) -> RunProgress:
         if self.console is not None:

@@ -317,7 +317,7 @@ def _train_and_evaluate(
             curve["test_balanced_accuracy"].append(
                 _evaluate(model, x_test, y_test)["metrics"]["balanced_accuracy"]
             )
-            if loss == "auto":
+            if isinstance(criterion, fk.SoftmaxFocalLoss) and criterion.auto:  # its running p_hat
                 curve["gamma"].append(-math.log(max(float(criterion.p_hat), 1e-6)))
             running, seen = 0.0, 0
         if progress is not None:

@@ -342,7 +342,7 @@ def _classification_section(runs: list[dict], out_dir: Path, fig_dir: Path) -> l
     tail_recall = {
         name: mean_std([r["per_class_recall"][tail] for r in g])[0] for name, g in groups.items()
     }
-    best_tail = max(tail_recall, key=tail_recall.get)
+    best_tail = max(tail_recall, key=lambda name: tail_recall[name])
     _figure(
         lines,
         out_dir,

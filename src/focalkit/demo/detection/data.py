@@ -119,7 +119,9 @@ def generate_scene(
         image[dist <= rng.uniform(0.5, 1.0)] = colour
 
     # objects: hard-edged shapes, placed with limited overlap
-    boxes, labels, areas = [], [], []
+    boxes: list[np.ndarray] = []
+    labels: list[int] = []
+    areas: list[float] = []
     count = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     log_lo, log_hi = np.log(spec.min_size), np.log(spec.max_size)
     for _ in range(count):
@@ -188,7 +190,7 @@ def coco_dict(spec: SceneSpec, scenes: SceneSet, split: str) -> dict:
         }
         for i in range(spec.num_images)
     ]
-    annotations = []
+    annotations: list[dict] = []
     for i, (boxes, labels, areas) in enumerate(
         zip(scenes.boxes, scenes.labels, scenes.areas, strict=True)
     ):

@@ -70,10 +70,11 @@ class TinyRetinaNet(nn.Module):
         self.cls_out = nn.Conv2d(head_width, num_anchors * num_classes, 3, padding=1)
         self.box_out = nn.Conv2d(head_width, num_anchors * 4, 3, padding=1)
         for module in [*self.cls_tower, *self.box_tower, self.cls_out, self.box_out]:
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.Conv2d) and module.bias is not None:
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.zeros_(module.bias)
-        nn.init.constant_(self.cls_out.bias, fk.prior_bias(prior))
+        if self.cls_out.bias is not None:
+            nn.init.constant_(self.cls_out.bias, fk.prior_bias(prior))
 
     def _flatten(self, x: Tensor, k: int) -> Tensor:
         b, _, h, w = x.shape
