@@ -967,11 +967,18 @@ def test_float_target_outside_unit_interval_validate_true(value):
     _raises(ValueError, "targets", fk.sigmoid_focal_loss, torch.randn(1, 3), t, validate=True)
 
 
-def test_float_target_outside_unit_interval_not_checked_by_default():
-    """validate=None reads no float target values (a device sync): no error, finite result."""
+def test_float_target_outside_unit_interval_checked_where_reading_is_free(monkeypatch):
+    """validate=None reads float target values on a CPU tensor in eager mode (free there): a
+    value outside [0, 1] that is not ignore_index raises. validate=False reads nothing (no
+    error, finite result), and where reading would sync the device nothing is checked."""
     t = torch.tensor([[0.0, 1.5, 1.0]])
-    loss = fk.sigmoid_focal_loss(torch.randn(1, 3), t)
-    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match=r"targets: expected float targets in \[0, 1\]"):
+        fk.sigmoid_focal_loss(torch.randn(1, 3), t)
+    assert torch.isfinite(fk.sigmoid_focal_loss(torch.randn(1, 3), t, validate=False))
+    import focalkit.functional._targets as targets_impl
+
+    monkeypatch.setattr(targets_impl, "may_read_values", lambda tensor: False)
+    assert torch.isfinite(fk.sigmoid_focal_loss(torch.randn(1, 3), t))
 
 
 def test_bad_alpha_length():

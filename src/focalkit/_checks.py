@@ -90,8 +90,12 @@ def check_unit_interval(name: str, value: float, *, closed_right: bool = True) -
         raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
 
 
-def check_alpha(alpha: float | Sequence[float] | Tensor | None, num_classes: int) -> None:
-    """``alpha``: None, a float in [0, 1], or one value per class (length ``num_classes``)."""
+def check_alpha(
+    alpha: float | Sequence[float] | Tensor | None, num_classes: int, *, unit: bool = True
+) -> None:
+    """``alpha``: None, a number in [0, 1] (``unit``; else >= 0, a global scale), or one value
+    per class (length ``num_classes``; its values are read only by ``check_values_in_unit_interval``
+    where the caller allows reading)."""
     if alpha is None:
         return
     if isinstance(alpha, Tensor):
@@ -107,6 +111,13 @@ def check_alpha(alpha: float | Sequence[float] | Tensor | None, num_classes: int
         raise TypeError(f"alpha: expected None, a float or a tensor, got {_describe(alpha)}")
     if not math.isfinite(alpha):
         raise ValueError(f"alpha: expected a finite number, got {alpha!r}")
+    if unit and not 0 <= alpha <= 1:
+        raise ValueError(
+            f"alpha: expected a number in [0, 1] (the weight of the positives; alpha=None "
+            f"turns the weighting off), got {alpha!r}"
+        )
+    if not unit and alpha < 0:
+        raise ValueError(f"alpha: expected a number >= 0 (a global scale), got {alpha!r}")
 
 
 def check_same_shape(name: str, tensor: Tensor, expected: torch.Size, what: str) -> None:
@@ -126,6 +137,22 @@ def check_broadcastable_to(name: str, tensor: Tensor, shape: torch.Size) -> None
         raise ValueError(
             f"{name}: expected a shape that broadcasts to {tuple(shape)}, got {tuple(tensor.shape)}"
         )
+
+
+def check_class_vector(name: str, value: Tensor, num_classes: int) -> None:
+    """A floating tensor of shape ``()`` or ``(num_classes,)``."""
+    check_floating(name, value)
+    if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != num_classes):
+        raise ValueError(
+            f"{name}: expected a number or a tensor of shape () or ({num_classes},) (one value "
+            f"per class), got {_describe(value)}"
+        )
+
+
+def check_nonnegative_values(name: str, tensor: Tensor) -> None:
+    """Every value >= 0 (and not NaN). Reads values: only where the caller allows it."""
+    if tensor.numel() and bool(((tensor < 0) | tensor.isnan()).any()):
+        raise ValueError(f"{name}: expected values >= 0, got a minimum of {float(tensor.min())}")
 
 
 def check_values_in_unit_interval(name: str, tensor: Tensor) -> None:
@@ -258,31 +285,34 @@ def check_boxes(pred_boxes: Tensor, target_boxes: Tensor, box_format: str) -> No
 
 
 def check_class_indices(
-    targets: Tensor, num_classes: int, ignore_index: int, *, background: bool
+    targets: Tensor, num_classes: int, ignore_index: int | None, *, background: bool
 ) -> None:
     """Class indices in ``[0, C)`` (``[0, C]`` with ``background``: ``C`` is background) or
     ``ignore_index``. Reads values (a device sync off the CPU)."""
     top = num_classes if background else num_classes - 1
-    bad = ((targets < 0) | (targets > top)) & (targets != ignore_index)
+    bad = (targets < 0) | (targets > top)
+    if ignore_index is not None:
+        bad &= targets != ignore_index
     if bool(bad.any()):
         value = int(targets[bad][0])
         if background:
             expected = f"[0, {num_classes}] ({num_classes} = background)"
         else:
             expected = f"[0, {num_classes})"
-        raise ValueError(
-            f"targets: expected class indices in {expected} or ignore_index={ignore_index}, "
-            f"got {value}"
-        )
+        also = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        raise ValueError(f"targets: expected class indices in {expected}{also}, got {value}")
 
 
-def check_binary_labels(targets: Tensor, valid: Tensor, ignore_index: int) -> None:
+def check_binary_labels(targets: Tensor, ignore_index: int | None) -> None:
     """Integer targets of the logits' shape: 0, 1 or ``ignore_index``. Reads values."""
-    bad = valid & (targets != 0) & (targets != 1)
+    bad = (targets != 0) & (targets != 1)
+    if ignore_index is not None:
+        bad &= targets != ignore_index
     if bool(bad.any()):
+        also = "" if ignore_index is None else f" or ignore_index={ignore_index}"
         raise ValueError(
-            f"targets: integer targets of the logits' shape must be 0, 1 or "
-            f"ignore_index={ignore_index}, got {int(targets[bad][0])}"
+            f"targets: integer targets of the logits' shape must be 0, 1{also}, "
+            f"got {int(targets[bad][0])}"
         )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._checks import check_binary_labels, check_class_indices, check_values_in_unit_interval
+from .._checks import check_binary_labels, check_class_indices
 from .._compat import may_read_values
 
 
@@ -52,21 +52,69 @@ class SigmoidTargets:
         return y, valid
 
 
-def parse_sigmoid_targets(
-    logits: Tensor, targets: Tensor, ignore_index: int, validate: bool | None
+def _float_targets(
+    targets: Tensor, num_classes: int, ignore_index: int | None, validate: bool | None
 ) -> SigmoidTargets:
-    """Classify ``targets`` into the dense or index form, checking shapes (never values,
-    unless ``validate`` is True, or None on CPU in eager mode where reading is free)."""
+    """Float targets: entries equal to ``ignore_index`` are masked (and set to 0, keeping the
+    graph of targets that require grad); the others must lie in [0, 1].
+
+    On a CPU tensor in eager mode the values are read (free there): one ``aminmax`` pass finds
+    whether any entry leaves [0, 1], and only then is a mask built (and, unless ``validate``
+    is False, a value that is neither in [0, 1] nor ``ignore_index`` raises). Elsewhere
+    reading would sync the device: the mask is always built (``ignore_index=None`` skips it)
+    and values are checked only with ``validate=True``."""
+    if not may_read_values(targets):
+        if validate:
+            _check_float_values(targets, ignore_index)
+        if ignore_index is None:
+            return SigmoidTargets(num_classes, targets, None, is_index=False)
+        valid = targets != ignore_index
+        return SigmoidTargets(num_classes, torch.where(valid, targets, 0), valid, is_index=False)
+    if targets.numel():
+        lo, hi = torch.aminmax(targets.detach())
+        if bool(lo >= 0) and bool(hi <= 1):
+            return SigmoidTargets(num_classes, targets, None, is_index=False)
+    else:
+        return SigmoidTargets(num_classes, targets, None, is_index=False)
+    if validate is not False:
+        _check_float_values(targets, ignore_index)
+    if ignore_index is None:
+        return SigmoidTargets(num_classes, targets, None, is_index=False)
+    valid = targets != ignore_index
+    if bool(valid.all()):
+        return SigmoidTargets(num_classes, targets, None, is_index=False)
+    return SigmoidTargets(num_classes, torch.where(valid, targets, 0), valid, is_index=False)
+
+
+def _check_float_values(targets: Tensor, ignore_index: int | None) -> None:
+    """Reads values: every float target in [0, 1] or equal to ``ignore_index``."""
+    rest = targets.detach()
+    if ignore_index is not None:
+        rest = rest[rest != ignore_index]
+    if rest.numel() and bool(((rest < 0) | (rest > 1) | rest.isnan()).any()):
+        lo, hi = float(rest.min()), float(rest.max())
+        also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise ValueError(
+            f"targets: expected float targets in [0, 1]{also}, got values in [{lo}, {hi}]"
+        )
+
+
+def parse_sigmoid_targets(
+    logits: Tensor, targets: Tensor, ignore_index: int | None, validate: bool | None
+) -> SigmoidTargets:
+    """Classify ``targets`` into the dense or index form, checking shapes, and values where
+    ``validate`` is True, or None on a CPU tensor in eager mode where reading is free.
+    ``ignore_index=None``: nothing is ignored."""
     num_classes = logits.shape[-1] if logits.dim() > 0 else 1
     check_values = validate is True or (validate is None and may_read_values(targets))
     if targets.shape == logits.shape:
         if targets.is_floating_point():
-            if validate:
-                check_values_in_unit_interval("targets", targets)
+            return _float_targets(targets, num_classes, ignore_index, validate)
+        if check_values:
+            check_binary_labels(targets, ignore_index)
+        if ignore_index is None:
             return SigmoidTargets(num_classes, targets, None, is_index=False)
         valid = targets != ignore_index
-        if check_values:
-            check_binary_labels(targets, valid, ignore_index)
         return SigmoidTargets(num_classes, targets * valid, valid, is_index=False)
     if logits.dim() > 0 and targets.shape == logits.shape[:-1]:
         if targets.is_floating_point() or targets.dtype == torch.bool:
@@ -77,7 +125,8 @@ def parse_sigmoid_targets(
         if check_values:
             check_class_indices(targets, num_classes, ignore_index, background=True)
         labels = targets.long()
-        return SigmoidTargets(num_classes, labels, labels != ignore_index, is_index=True)
+        rows = None if ignore_index is None else labels != ignore_index
+        return SigmoidTargets(num_classes, labels, rows, is_index=True)
     raise ValueError(
         f"targets: expected shape {tuple(logits.shape)} (dense/soft targets, the logits' shape) "
         f"or {tuple(logits.shape[:-1])} (integer class indices), got {tuple(targets.shape)}"

@@ -27,11 +27,14 @@ from .._autograd import refuse_double_backward, stored_grad
 from .._checks import (
     check_alpha,
     check_class_indices,
+    check_class_vector,
     check_class_weight,
     check_elementwise_weight,
     check_floating,
     check_gamma,
     check_label_smoothing,
+    check_nonnegative,
+    check_nonnegative_values,
     check_normalizer,
     check_open_unit_interval,
     check_reduction,
@@ -58,6 +61,7 @@ Alpha = float | Sequence[float] | Tensor | None
 FLSD_THRESHOLD = 0.2  # Mukhoti et al.: gamma = 5 if p_t < 0.2 else 3
 LOSSES = "focalkit focal losses"  # named by the double-backward error
 TINY = 1e-30
+NO_LABEL = -(2**62)  # the kernels' ignore_index when nothing is ignored (no label equals it)
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,22 +69,55 @@ TINY = 1e-30
 # --------------------------------------------------------------------------------------------
 
 
-def alpha_tensor(alpha: Alpha, num_classes: int, like: Tensor) -> Tensor | None:
+def alpha_tensor(
+    alpha: Alpha, num_classes: int, like: Tensor, *, unit: bool = True, check_values: bool = False
+) -> Tensor | None:
     """alpha as a tensor (0-dim or (C,)) in the compute dtype of ``like``, on its device.
 
     A Python number becomes a device-side fill (``torch.full``): ``torch.tensor(x,
     device="cuda")`` would copy from the host and synchronise. A list is copied to the device
-    (a synchronising copy on CUDA): pass a tensor on the logits' device to avoid it."""
+    (a synchronising copy on CUDA): pass a tensor on the logits' device to avoid it. Values
+    lie in [0, 1] (``unit``: the sigmoid losses' weight of the positives) or are >= 0 (a
+    scale: the softmax loss); a number is always checked, a tensor only with
+    ``check_values`` (a read)."""
     if alpha is None:
         return None
     cdtype = compute_dtype(like)
     if isinstance(alpha, (int, float)):  # bool included: check_alpha refuses it
-        check_alpha(alpha, num_classes)
+        check_alpha(alpha, num_classes, unit=unit)
         return torch.full((), float(alpha), dtype=cdtype, device=like.device)
     if not isinstance(alpha, Tensor):
         alpha = torch.as_tensor(alpha, dtype=torch.float64)
-    check_alpha(alpha, num_classes)
+    check_alpha(alpha, num_classes, unit=unit)
+    if check_values and unit:
+        check_values_in_unit_interval("alpha", alpha)
+    elif check_values:
+        check_nonnegative_values("alpha", alpha)
     return alpha.detach().to(device=like.device, dtype=cdtype)
+
+
+def class_tensor(
+    name: str,
+    value: float | Tensor | None,
+    num_classes: int,
+    like: Tensor,
+    *,
+    check_values: bool = False,
+) -> Tensor | None:
+    """A per-class non-negative factor (``pos_weight``): None, a number (a 0-dim fill on the
+    device, no host copy) or a tensor of shape ``()`` or ``(C,)``, in the compute dtype of
+    ``like`` on its device. Negative values raise (numbers always; tensors with
+    ``check_values``, a read)."""
+    if value is None:
+        return None
+    cdtype = compute_dtype(like)
+    if not isinstance(value, Tensor):
+        check_nonnegative(name, value)
+        return torch.full((), float(value), dtype=cdtype, device=like.device)
+    check_class_vector(name, value, num_classes)
+    if check_values:
+        check_nonnegative_values(name, value)
+    return value.detach().to(device=like.device, dtype=cdtype)
 
 
 class GammaPlan(NamedTuple):
@@ -131,39 +168,60 @@ def times(t: Tensor, factor: Tensor | None) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def bce_with_logits(x: Tensor, y: Tensor, pos_weight: Tensor | None = None) -> Tensor:
+    """Binary cross-entropy with logits, ``-(w y log p + (1 - y) log(1 - p))`` with
+    ``p = sigmoid(x)`` and ``w = pos_weight`` (1 without), computed without cancellation:
+
+        BCE = (1 - y) max(x, 0) + w y max(-x, 0) + (1 - y + w y) log(1 + exp(-|x|))
+
+    Every term is a product of non-negative factors (the two ``max`` terms as one ``lerp``,
+    which forms ``(1 - y) x`` as ``x - x y`` only for ``y < 1/2``, where it cannot cancel), so
+    the relative error is a few float32 roundings for every ``x`` and every ``y`` in [0, 1].
+    ``F.binary_cross_entropy_with_logits`` forms ``x - x y + max(-x, 0) + log(...)``
+    instead and loses relative precision where terms cancel (``x = -8, y = 0``: 9e-4 in
+    float32)."""
+    tail = torch.nn.functional.softplus(-x.abs())  # log(1 + exp(-|x|)), exact (log1p)
+    if pos_weight is None:
+        return torch.lerp(torch.relu(x), torch.relu(-x), y).add_(tail)
+    pw = pos_weight.to(x.dtype)
+    return torch.lerp(torch.relu(x), torch.relu(-x) * pw, y).add_(
+        tail * torch.lerp(torch.ones_like(pw), pw, y)
+    )
+
+
 def sigmoid_focal_terms(
     x: Tensor,
     y: Tensor,
     gamma: GammaPlan,
     alpha_pos: Tensor | None,
     need_grad: bool,
+    pos_weight: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Elementwise loss and d loss / d x for targets ``y`` in [0, 1] (held fixed):
 
         p   = sigmoid(x),  q = 1 - p_t = p (1 - y) + (1 - p) y,  a_t = alpha y + (1 - alpha)(1 - y)
-        BCE = max(x, 0) - x y + log(1 + exp(-|x|))   (exact: no cancellation for y in {0, 1})
+        BCE = -(w y log p + (1 - y) log(1 - p))          (:func:`bce_with_logits`; w = pos_weight)
         L   = a_t q^g BCE
-        dL/dx = a_t q^g (g r (1 - 2y) BCE + p - y),  r = p (1 - p) / q  (0 <= r <= 1)
+        dL/dx = a_t q^g (g r (1 - 2y) BCE + (1 - y) p - w y (1 - p)),  r = p (1 - p) / q
 
-    ``r`` replaces ``q^(g-1) p (1-p)`` by ``q^g r``, which is finite for every gamma >= 0.
-    ``alpha_pos`` broadcasts against ``x`` (0-dim, or ``(C,)`` along the last dimension).
+    ``r`` (in [0, 1]) replaces ``q^(g-1) p (1-p)`` by ``q^g r``, which is finite for every
+    gamma >= 0. ``alpha_pos`` and ``pos_weight`` broadcast against ``x`` (0-dim, or ``(C,)``
+    along the last dimension). For y in {0, 1} this is focal loss as the paper writes it:
+    ``-alpha (1-p)^g log p`` for a positive, ``-(1-alpha) p^g log(1-p)`` for a negative.
     """
-    nx = torch.neg(x)
     p = torch.sigmoid(x)
-    omp = torch.sigmoid(nx)
+    omp = torch.sigmoid(torch.neg(x))
     q = torch.lerp(p, omp, y)
-    bce = (
-        torch.relu(x)
-        .addcmul_(x, y, value=-1)
-        .add_(torch.nn.functional.softplus(torch.minimum(x, nx)))
-    )
+    bce = bce_with_logits(x, y, pos_weight)
     alpha_t = None if alpha_pos is None else torch.lerp(1 - alpha_pos, alpha_pos, y)
     g = gamma.for_q(q)
     mod = modulator(q, g)
     loss = times(times(bce, mod), alpha_t)
     if not need_grad:
         return loss, None
-    grad = torch.lerp(p, omp.neg(), y)  # p - y, exact where y is 0 or 1
+    # d BCE / dx = (1 - y) p - w y (1 - p): p - y, exact where y is 0 or 1
+    neg_omp = omp.neg() if pos_weight is None else omp * pos_weight.to(x.dtype).neg()
+    grad = torch.lerp(p, neg_omp, y)
     if not (isinstance(g, float) and g == 0):
         # r (1 - 2y) = p (1 - p) (1 - 2y) / q  ==  (d q / d x) / q
         one = y.new_ones(())
@@ -176,6 +234,43 @@ def sigmoid_focal_terms(
     return loss, times(grad, alpha_t)
 
 
+def sigmoid_focal_target_grad(
+    x: Tensor,
+    y: Tensor,
+    gamma: GammaPlan,
+    alpha_pos: Tensor | None,
+    pos_weight: Tensor | None = None,
+) -> Tensor:
+    """d loss / d y of :func:`sigmoid_focal_terms` (soft targets that require grad):
+
+        dL/dy = (2 alpha - 1) q^g BCE + a_t q^g (g (1 - 2p) BCE / q + dBCE/dy),
+        dBCE/dy = w log(1 + e^-x) - log(1 + e^x)   (= -x without pos_weight)
+
+    gamma is a constant (for ``"flsd53"`` a piecewise constant of q, for a tensor gamma the
+    value given); ``q^g`` is differentiated through ``q``. ``BCE / q`` stays bounded as
+    ``q -> 0`` (``q^g BCE / q -> 0`` for every gamma > 0), and is taken as 0 at ``q = 0``."""
+    p = torch.sigmoid(x)
+    omp = torch.sigmoid(torch.neg(x))
+    q = torch.lerp(p, omp, y)
+    bce = bce_with_logits(x, y, pos_weight)
+    if pos_weight is None:
+        dbce = x.neg()
+    else:
+        softplus = torch.nn.functional.softplus
+        dbce = pos_weight.to(x.dtype) * softplus(x.neg()) - softplus(x)
+    g = gamma.for_q(q)
+    mod = modulator(q, g)
+    grad = dbce
+    if not (isinstance(g, float) and g == 0):
+        ratio = torch.where(q > 0, bce / q.clamp(min=TINY), 0.0)
+        grad = grad + g * (omp - p) * ratio
+    grad = times(grad, mod)
+    if alpha_pos is None:
+        return grad
+    alpha_t = torch.lerp(1 - alpha_pos, alpha_pos, y)
+    return grad * alpha_t + times(bce, mod) * (2 * alpha_pos - 1)
+
+
 class SigmoidSpec(NamedTuple):
     gamma: GammaPlan
     reduce_sum: bool  # True: return the (weighted) sum; False: the elementwise loss
@@ -185,12 +280,32 @@ class SigmoidSpec(NamedTuple):
 SigmoidCompute = Callable[..., tuple[Tensor, Tensor | None]]
 
 
+def _dense_target(target: Tensor, spec: SigmoidSpec, num_classes: int, dtype) -> Tensor:
+    if not spec.index_form:
+        return target.to(dtype)
+    cols = torch.arange(num_classes, device=target.device)
+    return (target.unsqueeze(-1) == cols).to(dtype)
+
+
+def _element_scale(
+    valid: Tensor | None, weight: Tensor | None, spec: SigmoidSpec, dtype
+) -> Tensor | None:
+    """The validity mask (ignored rows or entries: 0) times ``weight``, or None."""
+    scale = None
+    if valid is not None:
+        scale = (valid.unsqueeze(-1) if spec.index_form else valid).to(dtype)
+    if weight is not None:
+        scale = times(weight.to(dtype), scale)
+    return scale
+
+
 def sigmoid_focal_plain(
     logits: Tensor,
     target: Tensor,
     valid: Tensor | None,
     weight: Tensor | None,
     alpha_pos: Tensor | None,
+    pos_weight: Tensor | None,
     spec: SigmoidSpec,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
@@ -200,17 +315,9 @@ def sigmoid_focal_plain(
     entries) and ``weight`` multiply the terms."""
     cdtype = compute_dtype(logits)
     x = logits.to(cdtype)
-    if spec.index_form:
-        cols = torch.arange(x.shape[-1], device=x.device)
-        y = (target.unsqueeze(-1) == cols).to(cdtype)
-        mask = None if valid is None else valid.unsqueeze(-1)
-    else:
-        y = target.to(cdtype)
-        mask = valid
-    loss, grad = sigmoid_focal_terms(x, y, spec.gamma, alpha_pos, need_grad)
-    scale = None if mask is None else mask.to(cdtype)
-    if weight is not None:
-        scale = times(weight.to(cdtype), scale)
+    y = _dense_target(target, spec, x.shape[-1], cdtype)
+    loss, grad = sigmoid_focal_terms(x, y, spec.gamma, alpha_pos, need_grad, pos_weight)
+    scale = _element_scale(valid, weight, spec, cdtype)
     if scale is not None:
         loss = loss * scale
         grad = None if grad is None else grad * scale
@@ -223,37 +330,51 @@ class _SigmoidFocalFunction(torch.autograd.Function):
     by ``grad_output`` in place (no second full-size tensor). A later backward through the
     same graph (``retain_graph=True``) recomputes the gradient, so it stays exact.
 
-    ``weight`` may require grad (d loss / d weight is the unweighted loss, recomputed);
-    targets, alpha and gamma are constants.
+    ``weight`` may require grad (d loss / d weight is the unweighted loss, recomputed), and so
+    may float targets (:func:`sigmoid_focal_target_grad`, computed in backward); alpha,
+    ``pos_weight`` and gamma are constants.
     """
 
     @staticmethod
-    def forward(ctx, logits, target, valid, weight, alpha_pos, spec: SigmoidSpec, compute):
+    def forward(
+        ctx, logits, target, valid, weight, alpha_pos, pos_weight, spec: SigmoidSpec, compute
+    ):
         need_grad = ctx.needs_input_grad[0]
-        loss, grad = compute(logits, target, valid, weight, alpha_pos, spec, need_grad)
+        args = (logits, target, valid, weight, alpha_pos, pos_weight)
+        loss, grad = compute(*args, spec, need_grad)
         ctx.spec = spec
         ctx.compute = compute
         ctx.logits_dtype = logits.dtype
         ctx.grad = grad  # not save_for_backward: it is consumed in place by the first backward
-        ctx.save_for_backward(logits, target, valid, weight, alpha_pos)
+        ctx.save_for_backward(*args)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         refuse_double_backward(LOSSES)
-        logits, target, valid, weight, alpha_pos = ctx.saved_tensors
-        grad_logits = grad_weight = None
+        logits, target, valid, weight, alpha_pos, pos_weight = ctx.saved_tensors
+        spec = ctx.spec
+        grad_logits = grad_target = grad_weight = None
         if ctx.needs_input_grad[0]:
-            args = (logits, target, valid, weight, alpha_pos, ctx.spec, True)
+            args = (logits, target, valid, weight, alpha_pos, pos_weight, spec, True)
             grad = stored_grad(ctx, lambda: ctx.compute(*args)[1])
             grad_logits = grad.mul_(grad_output).to(ctx.logits_dtype)
+        if ctx.needs_input_grad[1]:  # float targets (an integer tensor never requires grad)
+            cdtype = compute_dtype(logits)
+            grad_y = sigmoid_focal_target_grad(
+                logits.to(cdtype), target.to(cdtype), spec.gamma, alpha_pos, pos_weight
+            )
+            scale = _element_scale(valid, weight, spec, cdtype)
+            grad_target = times(grad_y, scale).mul_(grad_output).to(target.dtype)
         if ctx.needs_input_grad[3]:
-            spec = ctx.spec._replace(reduce_sum=False)
-            unweighted, _ = ctx.compute(logits, target, valid, None, alpha_pos, spec, False)
+            elementwise = spec._replace(reduce_sum=False)
+            unweighted, _ = ctx.compute(
+                logits, target, valid, None, alpha_pos, pos_weight, elementwise, False
+            )
             g = unweighted * grad_output
             # sum over the dimensions that weight was broadcast along
             grad_weight = g.sum_to_size(weight.shape).to(weight.dtype)
-        return grad_logits, None, None, grad_weight, None, None, None
+        return grad_logits, grad_target, None, grad_weight, None, None, None, None
 
 
 def _sigmoid_apply(*args) -> Tensor:
@@ -270,7 +391,8 @@ def sigmoid_focal_loss(
     alpha: Alpha = 0.25,
     gamma: Gamma = 2.0,
     weight: Tensor | None = None,
-    ignore_index: int = -100,
+    pos_weight: float | Tensor | None = None,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool | None = None,
@@ -280,12 +402,19 @@ def sigmoid_focal_loss(
 
     .. math::
 
-        \mathrm{FL}(p_t) = -\alpha_t (1 - p_t)^{\gamma} \log(p_t),\quad
-        p = \sigma(x),\; p_t = p y + (1 - p)(1 - y),\;
+        \mathrm{FL} = \alpha_t\, q^{\gamma}\, \mathrm{BCE}(x, y),\quad
+        p = \sigma(x),\; q = p (1 - y) + (1 - p) y,\;
         \alpha_t = \alpha y + (1 - \alpha)(1 - y)
 
-    ``log(p_t)`` is computed as BCE-with-logits (softplus form), never ``log(sigmoid(x))``;
-    the gradient is analytic and finite for every ``gamma >= 0`` at any logit.
+    with :math:`\mathrm{BCE}(x, y) = -(w y \log p + (1 - y) \log(1 - p))`, ``w`` the
+    ``pos_weight`` (1 by default). For a hard target this is the paper's
+    :math:`-\alpha_t (1 - p_t)^\gamma \log p_t` (``q = 1 - p_t``). For a soft target
+    ``y`` in (0, 1) it is exactly the formula above: the modulating factor uses ``q``, the
+    probability mass on the wrong side, and the cross-entropy is the full soft BCE (not
+    ``-log(p y + (1-p)(1-y))``); kornia's and MONAI's soft forms differ, see
+    ``docs/losses.md``. BCE is computed in log space without cancellation (never
+    ``log(sigmoid(x))``); the gradient is analytic and finite for every ``gamma >= 0`` at any
+    logit. Float targets that require grad get their gradient (gamma a constant).
 
     Args:
         logits: ``(*, C)`` pre-sigmoid scores, any floating dtype (computed in float32,
@@ -295,25 +424,36 @@ def sigmoid_focal_loss(
             ``ignore_index`` entries ignored), or an integer tensor of shape ``(*)`` holding per
             row a class in ``[0, C)`` (positive for that column), ``C`` (background: all
             columns negative) or ``ignore_index`` (row ignored). The index form gives the same
-            values and gradients as the one-hot form without building it.
+            values and gradients as the one-hot form without building it. Float targets
+            equal to ``ignore_index`` are ignored too (a dense label map masked with -100);
+            other float targets outside [0, 1] raise ``ValueError`` where reading values is
+            free (CPU, eager) or with ``validate=True``.
         alpha: weight of the positive class (``1 - alpha`` for negatives); a float, a tensor of
             shape ``(C,)`` (per class), or ``None`` for no weighting. Default 0.25 (RetinaNet).
         gamma: focusing parameter ``>= 0`` (default 2), ``"flsd53"`` (Mukhoti et al. 2020:
             5 where ``p_t < 0.2``, else 3) or a 0-dim tensor (treated as a constant).
         weight: elementwise weight broadcastable to the logits' shape (never broadcasting the
             loss to a larger shape).
-        ignore_index: label value (index or integer dense form) that contributes nothing.
+        pos_weight: weight of the positive term of BCE, as in ``torch.nn.BCEWithLogitsLoss``:
+            a number or a tensor of shape ``()`` or ``(C,)`` (per class, broadcast over the
+            last dimension), ``>= 0``. With ``gamma=0, alpha=None`` the loss equals
+            ``F.binary_cross_entropy_with_logits(..., pos_weight=...)``.
+        ignore_index: target value (index, integer or float dense form) that contributes
+            nothing: no loss, no gradient, not in the mean's denominator. ``None``: nothing is
+            ignored (and float targets need no mask pass off the CPU).
         reduction: ``"none"`` (the logits' shape), ``"mean"`` (over non-ignored elements) or
             ``"sum"``.
         normalizer: if given, return ``sum / max(normalizer, 1)`` (detection convention: the
             number of positive anchors). Only with ``reduction="mean"``.
-        validate: ``True`` checks target values (a device sync); ``None`` (default) checks
-            class indices only where it is free (CPU, eager); ``False`` checks nothing.
+        validate: ``True`` checks target values, per-class ``alpha`` and ``pos_weight`` (a
+            device sync); ``None`` (default) checks them only where it is free (CPU, eager);
+            ``False`` checks nothing.
         backend: ``"auto"`` (default: the Triton kernel for float32/float16/bfloat16 CUDA
             tensors when triton is installed, the ``"chunked"`` CPU path for CPU tensors,
             else the plain ``"torch"`` formula), or one of those names (``ValueError``
-            where it cannot run). Triton lacks ``weight=``, ``gamma="flsd53"`` and tensor
-            gamma; the chunked path takes every option. See
+            where it cannot run). Triton lacks ``weight=``, ``pos_weight=``,
+            ``gamma="flsd53"``, tensor gamma and targets that require grad; the chunked path
+            takes every option. See
             :mod:`focalkit.kernels.dispatch`.
 
     Returns:
@@ -338,7 +478,9 @@ def sigmoid_focal_loss(
     check_normalizer(normalizer, reduction)
     gamma = check_gamma(gamma)
     parsed = parse_sigmoid_targets(logits, targets, ignore_index, validate)
-    alpha_pos = alpha_tensor(alpha, parsed.num_classes, logits)
+    read = validate is True or (validate is None and may_read_values(logits))
+    alpha_pos = alpha_tensor(alpha, parsed.num_classes, logits, check_values=read)
+    pos = class_tensor("pos_weight", pos_weight, parsed.num_classes, logits, check_values=read)
     check_elementwise_weight(weight, logits.shape)
     out_dtype = output_dtype(logits)
     spec = SigmoidSpec(GammaPlan.of(gamma), reduction != "none", parsed.is_index)
@@ -346,8 +488,12 @@ def sigmoid_focal_loss(
     triton_lacks = None  # options the Triton kernel lacks (see kernels/dispatch.py)
     if weight is not None:
         triton_lacks = "weight="
+    elif pos is not None:
+        triton_lacks = "pos_weight="
     elif not isinstance(gamma, float):
         triton_lacks = f"gamma={gamma!r}"
+    elif target.requires_grad:
+        triton_lacks = "targets that require grad"
     choice = resolve_backend(
         "sigmoid_focal_loss", backend, logits, unsupported={"triton": triton_lacks}
     )
@@ -357,7 +503,10 @@ def sigmoid_focal_loss(
             from ..kernels.triton_sigmoid_focal import TritonSigmoidSpec, triton_sigmoid_focal
 
             tspec = TritonSigmoidSpec(
-                spec.gamma.value, spec.reduce_sum, parsed.is_index, ignore_index
+                spec.gamma.value,
+                spec.reduce_sum,
+                parsed.is_index,
+                NO_LABEL if ignore_index is None else ignore_index,
             )
             # the reduction is folded into the kernel's gradient (see kernels/triton_scale.py)
             inv = reduction_scale(
@@ -371,11 +520,11 @@ def sigmoid_focal_loss(
                 from ..kernels.chunked import sigmoid_focal_chunked
 
                 loss = _sigmoid_apply_eager(
-                    logits, target, valid, weight, alpha_pos, spec, sigmoid_focal_chunked
+                    logits, target, valid, weight, alpha_pos, pos, spec, sigmoid_focal_chunked
                 )
             else:
                 loss = _sigmoid_apply(
-                    logits, target, valid, weight, alpha_pos, spec, sigmoid_focal_plain
+                    logits, target, valid, weight, alpha_pos, pos, spec, sigmoid_focal_plain
                 )
             if reduction != "none":
                 loss = finish(loss, reduction, normalizer=normalizer, denominator=denominator)
@@ -464,6 +613,32 @@ def _per_class(
     return loss, grad
 
 
+def _class_scale(
+    class_weight: Tensor | None, alpha: Tensor | None, num_classes: int, dtype
+) -> Tensor | None:
+    """``alpha_c * w_c`` (a global alpha as a constant vector), shape ``(C,)``, or None."""
+    scale = None if class_weight is None else class_weight.to(dtype)
+    if alpha is not None:
+        scale = times(alpha.to(dtype).expand(num_classes), scale)
+    return scale
+
+
+def softmax_focal_target_grad(
+    logits: Tensor,
+    class_weight: Tensor | None,
+    alpha: Tensor | None,
+    spec: SoftmaxSpec,
+) -> Tensor:
+    """d (per-row loss) / d t for probability targets: ``(1 - eps) alpha_c w_c ell_c`` with
+    ``ell_c = -(1 - p_c)^g log p_c`` (the per-class form is linear in the targets; gamma is a
+    constant)."""
+    cdtype = compute_dtype(logits)
+    x = logits.to(cdtype)
+    ell, _ = softmax_focal_terms(torch.log_softmax(x, dim=-1), spec.gamma)
+    grad = times(ell, _class_scale(class_weight, alpha, x.shape[-1], cdtype))
+    return grad * (1 - spec.label_smoothing)
+
+
 IndexRows = Callable[[Tensor, Tensor, Tensor, GammaPlan, bool], tuple[Tensor, Tensor | None]]
 
 
@@ -487,11 +662,7 @@ def softmax_focal_forward(
     cdtype = compute_dtype(logits)
     x = logits.to(cdtype)
     rows, num_classes = x.shape
-    scale = None  # alpha_c * w_c (a global alpha as a constant vector), shape (C,)
-    if class_weight is not None:
-        scale = class_weight.to(cdtype)
-    if alpha is not None:
-        scale = times(alpha.to(cdtype).expand(num_classes), scale)
+    scale = _class_scale(class_weight, alpha, num_classes, cdtype)
 
     eps = spec.label_smoothing
     if spec.index_form:
@@ -541,11 +712,18 @@ class _SoftmaxFocalFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, _grad_denominator):
         refuse_double_backward(LOSSES)
-        args = (*ctx.saved_tensors, ctx.spec, True, ctx.index_rows)
-        grad = stored_grad(ctx, lambda: softmax_focal_forward(*args)[2])
+        logits, target, class_weight, alpha = ctx.saved_tensors
         if not ctx.spec.reduce_sum:
             grad_output = grad_output.unsqueeze(-1)
-        return grad.mul_(grad_output).to(ctx.logits_dtype), None, None, None, None, None
+        grad_logits = grad_target = None
+        if ctx.needs_input_grad[0]:
+            args = (logits, target, class_weight, alpha, ctx.spec, True, ctx.index_rows)
+            grad = stored_grad(ctx, lambda: softmax_focal_forward(*args)[2])
+            grad_logits = grad.mul_(grad_output).to(ctx.logits_dtype)
+        if ctx.needs_input_grad[1]:  # probability targets (class indices never require grad)
+            grad_t = softmax_focal_target_grad(logits, class_weight, alpha, ctx.spec)
+            grad_target = grad_t.mul_(grad_output).to(target.dtype)
+        return grad_logits, grad_target, None, None, None, None
 
 
 def _softmax_apply(*args) -> tuple[Tensor, Tensor]:
@@ -636,8 +814,11 @@ def softmax_focal_loss(
     if logits.dim() == 0:
         raise ValueError("logits: expected shape (C,), (N, C) or (N, C, d1, ...), got a scalar")
     num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
-    alpha_t = alpha_tensor(alpha, num_classes, logits)
+    read = validate is True or (validate is None and may_read_values(logits))
+    alpha_t = alpha_tensor(alpha, num_classes, logits, unit=False, check_values=read)
     check_class_weight(weight, num_classes)
+    if weight is not None and read:
+        check_nonnegative_values("weight", weight)
     index_shape = (logits.shape[:1] + logits.shape[2:]) if logits.dim() >= 2 else torch.Size([])
     if targets.shape == logits.shape and targets.is_floating_point():
         index_form = False

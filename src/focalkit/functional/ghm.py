@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import distributed
@@ -49,6 +48,7 @@ from .._compat import compute_dtype, output_dtype
 from .._reduce import finish
 from ..kernels.dispatch import outside_compiled_graph, resolve_backend
 from ._targets import SigmoidTargets, parse_sigmoid_targets
+from .focal import NO_LABEL, bce_with_logits
 
 _LOSSES = "focalkit GHM-C losses"  # named by the double-backward error
 
@@ -197,11 +197,12 @@ def weighted_bce_plain(
     x: Tensor, y: Tensor, index: Tensor, per_bin: Tensor, reduce_sum: bool, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
     """``sum_i w_i BCE(x_i, y_i)`` (or the elementwise terms) with ``w_i = per_bin[index_i]``,
-    and its gradient ``w_i (sigmoid(x_i) - y_i)``."""
+    and its gradient ``w_i (sigmoid(x_i) - y_i)``. BCE is
+    :func:`~focalkit.functional.focal.bce_with_logits` (no cancellation)."""
     w = per_bin.take(index.long())
-    loss = F.binary_cross_entropy_with_logits(x, y, w, reduction="sum" if reduce_sum else "none")
+    loss = bce_with_logits(x, y).mul_(w)
     grad = torch.sigmoid(x).sub_(y).mul_(w) if need_grad else None
-    return loss, grad
+    return (loss.sum() if reduce_sum else loss), grad
 
 
 BinPass = Callable[[Tensor, Tensor, Tensor | None, int], tuple[Tensor, Tensor]]
@@ -212,19 +213,25 @@ class _WeightedBCE(torch.autograd.Function):
     """:func:`weighted_bce_plain` (or the chunked backend's, passed as ``compute``) as an
     autograd Function: the gradient is formed in forward and stored, so backward is a
     multiplication by ``grad_output`` (and a second derivative, ``create_graph=True``, is
-    refused rather than silently zero). Inputs are flat."""
+    refused rather than silently zero). Float targets that require grad get
+    ``d L / d y_i = -w_i x_i`` (the weights are constants). Inputs are flat."""
 
     @staticmethod
     def forward(ctx, x, y, index, per_bin, reduce_sum: bool, compute: WeightedBCE):
         loss, grad = compute(x, y, index, per_bin, reduce_sum, ctx.needs_input_grad[0])
-        ctx.save_for_backward(grad)
+        ctx.save_for_backward(grad, x, index, per_bin)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         refuse_double_backward(_LOSSES)
-        (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None, None, None, None
+        grad, x, index, per_bin = ctx.saved_tensors
+        grad_x = grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad * grad_output
+        if ctx.needs_input_grad[1]:  # d BCE / d y = -x
+            grad_y = per_bin.take(index.long()).mul_(x.neg()).mul_(grad_output)
+        return grad_x, grad_y, None, None, None, None
 
 
 def ghm_c_forward(
@@ -233,7 +240,7 @@ def ghm_c_forward(
     *,
     bins: int,
     valid: Tensor | None,
-    ignore_index: int,
+    ignore_index: int | None,
     reduction: str,
     ema: Tensor | None = None,
     momentum: float = 0.0,
@@ -250,7 +257,8 @@ def ghm_c_forward(
     parsed = parse_sigmoid_targets(logits, targets, ignore_index, None)
     keep = _keep_mask(valid, logits.shape, None)
     world = distributed.sync_world_size(sync)
-    choice = resolve_backend("ghm_c_loss", backend, logits)
+    lacks = "targets that require grad" if targets.requires_grad else None
+    choice = resolve_backend("ghm_c_loss", backend, logits, unsupported={"triton": lacks})
     out_dtype = output_dtype(logits)
     cdtype = compute_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
@@ -290,7 +298,7 @@ def _ghm_c_triton(
     parsed: SigmoidTargets,
     keep: Tensor | None,
     bins: int,
-    ignore_index: int,
+    ignore_index: int | None,
     reduction: str,
     world: int,
     ema: Tensor | None,
@@ -312,7 +320,7 @@ def _ghm_c_triton(
         target,
         keep,
         index_form=parsed.is_index,
-        ignore_index=ignore_index,
+        ignore_index=NO_LABEL if ignore_index is None else ignore_index,
         bins=bins,
         reduce_sum=reduction != "none",
     )
@@ -330,7 +338,7 @@ def ghm_c_loss(
     *,
     bins: int = 10,
     valid: Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int | None = -100,
     reduction: str = "mean",
     backend: str = "auto",
 ) -> Tensor:

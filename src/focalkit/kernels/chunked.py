@@ -55,8 +55,8 @@ GHM_CHUNK_ELEMENTS = 1 << 16
 
 class _ChunkViews(NamedTuple):
     bufs: tuple[Tensor, ...]  # five scratch tensors of the chunk's shape
-    alpha_neg: Tensor | None  # 1 - alpha broadcast to the chunk (None: not filled)
-    alpha_pos: Tensor | None  # alpha broadcast to the chunk
+    alpha_neg: Tensor | None  # the negatives' factor broadcast to the chunk (None: not filled)
+    alpha_pos: Tensor | None  # the positives' factor broadcast to the chunk
 
 
 class _Scratch:
@@ -65,19 +65,25 @@ class _Scratch:
     a fresh temporary, whose first touch costs page faults (about as much as the op itself).
     The views of a chunk's shape are made once (a call has at most two chunk shapes).
 
-    With ``alpha_pos``, ``1 - alpha`` and ``alpha`` are broadcast to one chunk (filled once),
-    so ``alpha_t`` is one ``lerp`` between contiguous tensors: exact for 0/1 targets (``lerp``
-    returns its end points there), unlike ``(1 - alpha) + (2 alpha - 1) y``, and without the
-    slow path that broadcasting a 0-dim operand takes in a ternary op."""
+    With ``ends``, the negatives' and the positives' factors (:func:`_hard_factors`) are
+    broadcast to one chunk (filled once), so ``alpha_t`` is one ``lerp`` between contiguous
+    tensors: exact for 0/1 targets (``lerp`` returns its end points there), unlike
+    ``(1 - alpha) + (2 alpha - 1) y``, and without the slow path that broadcasting a 0-dim
+    operand takes in a ternary op."""
 
     def __init__(
-        self, rows: int, cols: int, like: Tensor, dtype: torch.dtype, alpha_pos: Tensor | None
+        self,
+        rows: int,
+        cols: int,
+        like: Tensor,
+        dtype: torch.dtype,
+        ends: tuple[Tensor, Tensor] | None,
     ) -> None:
         self._buf = torch.empty((5, rows, cols), dtype=dtype, device=like.device)
         self._alpha = None
-        if alpha_pos is not None:
-            ends = torch.stack([1 - alpha_pos, alpha_pos]).reshape(2, 1, -1)
-            self._alpha = ends.expand(2, rows, cols).contiguous()
+        if ends is not None:
+            pair = torch.stack(torch.broadcast_tensors(*ends)).reshape(2, 1, -1)
+            self._alpha = pair.to(dtype).expand(2, rows, cols).contiguous()
         self._views: dict[int, _ChunkViews] = {}
 
     def __call__(self, rows: int) -> _ChunkViews:
@@ -198,7 +204,7 @@ def _index_chunk(
     labels: Tensor,
     valid: Tensor | None,
     gamma: GammaPlan,
-    alpha_pos: Tensor | None,
+    factors: tuple[Tensor, Tensor] | None,
     views: _ChunkViews,
     loss_out: Tensor | None,
     grad_out: Tensor | None,
@@ -210,10 +216,10 @@ def _index_chunk(
     num_classes = x.shape[-1]
     bufs = views.bufs
     scale: Tensor | float | None
-    if alpha_pos is None:
+    if factors is None:
         scale = None
-    elif alpha_pos.dim() == 0:
-        scale = 1.0 - float(alpha_pos)
+    elif factors[0].dim() == 0:
+        scale = float(factors[0])
     else:
         scale = views.alpha_neg
     if valid is not None and not bool(valid.all()):  # ignored rows: a zero scale
@@ -230,9 +236,9 @@ def _index_chunk(
     col = labels.clamp(0, num_classes - 1).unsqueeze(-1)
     drop = (col, is_pos.logical_not().to(x.dtype))
     partial = _hard_chunk(x, gamma.value, scale, None, loss_out, grad_out, bufs, drop)
-    a_pos = alpha_pos
-    if alpha_pos is not None and alpha_pos.dim():
-        a_pos = alpha_pos[col]
+    a_pos = None  # the positive's factor alpha * pos_weight, as its alpha at y = 1
+    if factors is not None:
+        a_pos = factors[1][col] if factors[1].dim() else factors[1]
     x_pos = x.gather(-1, col)
     loss_pos, grad_pos = sigmoid_focal_terms(
         x_pos, torch.ones_like(x_pos), gamma, a_pos, grad_out is not None
@@ -257,21 +263,36 @@ def _is_binary(y: Tensor, out: Tensor | None = None) -> bool:
     return float(torch.addcmul(y, y, y, value=-1, out=out).abs_().sum()) == 0.0
 
 
+def _hard_factors(
+    alpha_pos: Tensor | None, pos_weight: Tensor | None
+) -> tuple[Tensor, Tensor] | None:
+    """The factors of a hard negative and a hard positive: ``1 - alpha`` and
+    ``alpha * pos_weight`` (1 where a part is None); None when both are 1. For ``y`` in
+    {0, 1}, ``pos_weight`` multiplies the positive term only, so it folds into alpha."""
+    if alpha_pos is None:
+        return None if pos_weight is None else (torch.ones_like(pos_weight), pos_weight)
+    if pos_weight is None:
+        return 1 - alpha_pos, alpha_pos
+    return 1 - alpha_pos, alpha_pos * pos_weight
+
+
 def sigmoid_focal_chunked(
     logits: Tensor,
     target: Tensor,
     valid: Tensor | None,
     weight: Tensor | None,
     alpha_pos: Tensor | None,
+    pos_weight: Tensor | None,
     spec: SigmoidSpec,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`~focalkit.functional.focal.sigmoid_focal_plain` (same arguments and results)
     chunk by chunk. Dense targets are chunked by elements whatever the shape (a ``(N,)`` or
-    ``(B, 1, H, W)`` tensor as well as ``(N, C)``), except with a per-class alpha, which
-    needs whole rows; class indices by rows."""
+    ``(B, 1, H, W)`` tensor as well as ``(N, C)``), except with a per-class alpha or
+    ``pos_weight``, which need whole rows; class indices by rows."""
     cdtype = compute_dtype(logits)
-    per_class = alpha_pos is not None and alpha_pos.dim() == 1
+    factors = _hard_factors(alpha_pos, pos_weight)
+    per_class = factors is not None and max(factors[0].dim(), factors[1].dim()) == 1
     cols = logits.shape[-1] if (spec.index_form or per_class) and logits.dim() else 1
     x2 = logits.reshape(-1, cols)
     rows = x2.shape[0]
@@ -288,9 +309,10 @@ def sigmoid_focal_chunked(
     # a float gamma and no elementwise weight: hard chunks go through the scratch buffers
     scratch = None
     if spec.gamma.is_plain() and w2 is None and rows:
-        # a broadcast alpha is needed except for a scalar alpha on index targets (a float)
-        broadcast = alpha_pos is not None and (per_class or not spec.index_form)
-        scratch = _Scratch(min(step, rows), cols, logits, cdtype, alpha_pos if broadcast else None)
+        # broadcast factors are needed except for scalar ones on index targets (floats there)
+        broadcast = factors is not None and (per_class or not spec.index_form)
+        scratch = _Scratch(min(step, rows), cols, logits, cdtype, factors if broadcast else None)
+    integer_targets = not target.is_floating_point()  # 0/1 (and masked) by construction
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         xs = x2[start:stop].to(cdtype)
@@ -302,17 +324,16 @@ def sigmoid_focal_chunked(
         partial: Tensor | None = None
         fast = views is not None
         if views is not None and spec.index_form:
-            partial = _index_chunk(xs, ts, vs, spec.gamma, alpha_pos, views, loss_out, grad_out)
+            partial = _index_chunk(xs, ts, vs, spec.gamma, factors, views, loss_out, grad_out)
         elif views is not None:
             ys = ts.to(cdtype)
-            # integer targets (with a mask) are 0/1 by construction; float ones are checked
-            if vs is not None or _is_binary(ys, views.bufs[0]):
+            if integer_targets or _is_binary(ys, views.bufs[0]):
                 partial = _binary_chunk(xs, ys, vs, spec.gamma.value, views, loss_out, grad_out)
             else:
                 fast = False
         if not fast:
             ws = None if w2 is None else w2[start:stop]
-            partial, g = sigmoid_focal_plain(xs, ts, vs, ws, alpha_pos, spec, need_grad)
+            partial, g = sigmoid_focal_plain(xs, ts, vs, ws, alpha_pos, pos_weight, spec, need_grad)
             if loss_out is not None:
                 loss_out.copy_(partial)
                 partial = None

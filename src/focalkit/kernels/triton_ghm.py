@@ -222,7 +222,8 @@ def _ghm_c_loss_kernel(
     )
     b = _bin(tl.abs(p - y), keep, bins)
     w = tl.load(per_bin_ptr + b, mask=mask, other=0.0)
-    bce = tl.maximum(x, 0.0) - x * y + log1p_small(tl.exp(-tl.abs(x)))
+    # BCE as a sum of non-negative terms (no cancellation for soft y; see bce_with_logits)
+    bce = tl.maximum(x, 0.0) * (1.0 - y) + tl.maximum(-x, 0.0) * y + log1p_small(tl.exp(-tl.abs(x)))
     loss = tl.where(mask, bce * w, 0.0)
     if REDUCE:
         tl.store(loss_ptr + pid, tl.sum(loss, axis=0))

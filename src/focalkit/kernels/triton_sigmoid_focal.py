@@ -84,9 +84,10 @@ def _sigmoid_focal_kernel(
     inv = 1.0 / (1.0 + e)
     p = tl.where(x >= 0, inv, e * inv)
     omp = tl.where(x >= 0, e * inv, inv)
-    # q = 1 - p_t = p (1 - y) + (1 - p) y;  BCE = max(x, 0) - x y + log(1 + exp(-|x|))
+    # q = 1 - p_t = p (1 - y) + (1 - p) y;  BCE = (1 - y) max(x, 0) + y max(-x, 0) + log(1 + e)
+    # (non-negative terms: no cancellation for soft y; see functional.focal.bce_with_logits)
     q = p * (1.0 - y) + omp * y
-    bce = tl.maximum(x, 0.0) - x * y + log1p_small(e)
+    bce = tl.maximum(x, 0.0) * (1.0 - y) + tl.maximum(-x, 0.0) * y + log1p_small(e)
     grad = p * (1.0 - y) - omp * y  # p - y, exact where y is 0 or 1
     if GAMMA_ZERO:
         loss = bce

@@ -6,7 +6,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_gamma, check_label_smoothing, check_unit_interval
+from .._checks import (
+    check_floating,
+    check_gamma,
+    check_label_smoothing,
+    check_nonnegative,
+    check_unit_interval,
+)
 from ..functional._targets import parse_sigmoid_targets
 from ..functional.focal import Alpha, Gamma, sigmoid_focal_loss, softmax_focal_loss
 from ._base import LossModule
@@ -92,13 +98,16 @@ class SigmoidFocalLoss(_FocalLossBase):
         tensor(0.0447)
     """
 
+    pos_weight: float | Tensor | None
+
     def __init__(
         self,
         *,
         alpha: Alpha = 0.25,
         gamma: Gamma = 2.0,
         weight: Tensor | None = None,
-        ignore_index: int = -100,
+        pos_weight: float | Tensor | None = None,
+        ignore_index: int | None = -100,
         reduction: str = "mean",
         normalizer: float | Tensor | None = None,
         validate: bool | None = None,
@@ -115,6 +124,13 @@ class SigmoidFocalLoss(_FocalLossBase):
             normalizer,
             backend,
         )
+        if isinstance(pos_weight, Tensor):  # a buffer in the state_dict, as in BCEWithLogitsLoss
+            check_floating("pos_weight", pos_weight)
+            self.register_buffer("pos_weight", pos_weight)
+        else:
+            if pos_weight is not None:
+                check_nonnegative("pos_weight", pos_weight)
+            self.pos_weight = pos_weight
         self.ignore_index = ignore_index
         self.validate = validate
 
@@ -140,6 +156,7 @@ class SigmoidFocalLoss(_FocalLossBase):
             alpha=self.alpha,
             gamma=gamma,
             weight=self.call_weight(weight),
+            pos_weight=self.pos_weight,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             normalizer=self.call_normalizer(normalizer),
