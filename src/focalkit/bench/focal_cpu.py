@@ -53,14 +53,33 @@ def make_inputs(numel: int, classes: int, seed: int = 0):
     return logits, dense, labels
 
 
+def _image_shape(numel: int) -> tuple[int, int, int, int]:
+    """``(B, 1, H, W)`` with ``B * H * W == numel`` (B = 16 where it divides, H the largest
+    divisor of the rest up to its square root): a batch of binary segmentation maps."""
+    batch = 16 if numel % 16 == 0 else 1
+    rest = numel // batch
+    height = max(h for h in range(1, int(rest**0.5) + 1) if rest % h == 0)
+    return batch, 1, height, rest // height
+
+
 def _steps(numel: int, classes: int):
     logits, dense, labels = make_inputs(numel, classes)
-    variants: dict[str, tuple[Callable[..., torch.Tensor], torch.Tensor]] = {
-        BASE: (eager_focal, dense),
-        "focalkit (dense targets)": (fk.sigmoid_focal_loss, dense),
-        "focalkit (class-index targets)": (fk.sigmoid_focal_loss, labels),
+    # the same elements as (N,), (N, 1) and (B, 1, H, W): the chunked path cuts dense
+    # targets by elements whatever the shape, so every row should cost the same per element
+    image = _image_shape(logits.numel())
+    shaped = {
+        "focalkit dense (N,)": (-1,),
+        "focalkit dense (N, 1)": (-1, 1),
+        "focalkit dense (B, 1, H, W)": image,
     }
-    steps = {name: fwd_bwd_step(fn, logits, targets) for name, (fn, targets) in variants.items()}
+    variants: dict[str, tuple[Callable[..., torch.Tensor], torch.Tensor, torch.Tensor]] = {
+        BASE: (eager_focal, logits, dense),
+        "focalkit (dense targets)": (fk.sigmoid_focal_loss, logits, dense),
+        "focalkit (class-index targets)": (fk.sigmoid_focal_loss, logits, labels),
+    }
+    for name, shape in shaped.items():
+        variants[name] = (fk.sigmoid_focal_loss, logits.reshape(shape), dense.reshape(shape))
+    steps = {name: fwd_bwd_step(fn, x, targets) for name, (fn, x, targets) in variants.items()}
     return logits, steps
 
 
