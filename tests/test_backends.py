@@ -333,3 +333,32 @@ def test_recorded_choices_nest_and_see_only_their_own_calls():
         ("box_loss", "torch"),
     ]
     assert inner[0].reason == "requested"
+
+
+def test_auto_takes_triton_only_where_the_kernel_is_verified(monkeypatch):
+    """On a device whose architecture is not in TRITON_VERIFIED, "auto" passes the kernel by
+    (and says so) while a named "triton" still runs it; the interpreter is verified."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(4, 3)
+    assert dispatch.device_arch(x) == "interpreter"
+    assert resolve_backend("sigmoid_focal_loss", "auto", x).backend == "triton"
+    monkeypatch.setattr(dispatch, "device_arch", lambda tensor: "sm_90")
+    choice = resolve_backend("sigmoid_focal_loss", "auto", x)
+    assert choice.backend == "chunked"
+    assert "triton skipped, verified: the sigmoid_focal_loss kernel is not verified on sm_90" in (
+        choice.reason
+    )
+    assert resolve_backend("sigmoid_focal_loss", "triton", x).backend == "triton"
+    monkeypatch.setitem(
+        dispatch.TRITON_VERIFIED, "sigmoid_focal_loss", frozenset({"interpreter", "sm_90"})
+    )
+    assert resolve_backend("sigmoid_focal_loss", "auto", x).backend == "triton"
+
+
+def test_no_kernel_is_verified_on_a_gpu_yet():
+    """The record the README states: every kernel has run in the interpreter only."""
+    assert set(dispatch.TRITON_VERIFIED) == {
+        loss for loss, fast in dispatch.LOSS_BACKENDS.items() if "triton" in fast
+    }
+    assert all(archs == {"interpreter"} for archs in dispatch.TRITON_VERIFIED.values())

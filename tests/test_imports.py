@@ -5,6 +5,7 @@ dependencies (numpy, matplotlib, rich, scikit-learn, scipy, pycocotools) are imp
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -56,3 +57,71 @@ def test_version_and_the_package_inits_stay_light():
     assert _under(version, "focalkit.demo") == [] and _under(version, "focalkit.bench") == []
     packages = _modules_after("import focalkit.demo, focalkit.bench, focalkit.demo.records")
     assert _heavy_beyond_torch(packages, torch_only) == {}
+
+
+# --------------------------------------------------------------------------------------------
+# optional peers that are installed but fail to import
+# --------------------------------------------------------------------------------------------
+
+BROKEN = "operator torchvision::nms does not exist"
+
+
+def _broken_torchvision(root) -> None:
+    """A ``torchvision`` package whose import raises as a wheel built for another torch
+    build does."""
+    package = root / "torchvision"
+    package.mkdir()
+    (package / "__init__.py").write_text(f"raise RuntimeError({BROKEN!r})\n")
+    (package / "ops.py").write_text("")
+
+
+def test_optional_import_reports_a_failing_module_as_not_available(tmp_path, monkeypatch):
+    from focalkit import _optional
+
+    _broken_torchvision(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_optional, "_FAILED", {})
+    for name in ("torchvision", "torchvision.ops"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        module, why = _optional.optional_import(name)
+        assert module is None
+        assert why == f"import failed: RuntimeError: {BROKEN}"
+    module, why = _optional.optional_import("focalkit_no_such_package")
+    assert module is None and why == "not installed"
+    module, why = _optional.optional_import("json")
+    assert module is not None and why == ""
+
+
+def test_bench_skips_a_comparison_library_that_fails_to_import(tmp_path):
+    """``focalkit bench`` with a broken torchvision on the path: no traceback, the row is
+    skipped with the reason, in the output and in the JSON's skipped list."""
+    _broken_torchvision(tmp_path)
+    json_path = tmp_path / "suite.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "focalkit",
+            "bench",
+            "--device",
+            "cpu",
+            "--sizes",
+            "2000",
+            "--repeat",
+            "1",
+            "--no-compile",
+            "--json",
+            str(json_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    doc = json.loads(json_path.read_text())
+    skipped = {s["impl"]: s["reason"] for s in doc["skipped"]}
+    assert skipped["torchvision.ops"] == f"import failed: RuntimeError: {BROKEN}"
+    assert f"torchvision.ops: import failed: RuntimeError: {BROKEN}" in run.stdout + run.stderr

@@ -18,6 +18,7 @@ where it occurs:
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,11 +56,11 @@ def implementations() -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.
         "focalkit bce_with_logits": bce_with_logits,
     }
     for backend in ("torch", "chunked"):
-        impls[f"sigmoid_focal_loss (gamma 0, {backend})"] = lambda x, y, b=backend: (
-            fk.sigmoid_focal_loss(x, y, alpha=None, gamma=0.0, reduction="none", backend=b)
+        impls[f"sigmoid_focal_loss (gamma 0, {backend})"] = functools.partial(
+            fk.sigmoid_focal_loss, alpha=None, gamma=0.0, reduction="none", backend=backend
         )
-        impls[f"ghm_c_loss (bins 1, {backend})"] = lambda x, y, b=backend: fk.ghm_c_loss(
-            x, y, bins=1, reduction="none", backend=b
+        impls[f"ghm_c_loss (bins 1, {backend})"] = functools.partial(
+            fk.ghm_c_loss, bins=1, reduction="none", backend=backend
         )
     return impls
 

@@ -204,6 +204,7 @@ def implementations(
 ) -> list[Impl]:
     """The implementations that can run on ``case``; the others go to ``skipped`` (name -> why)."""
     import focalkit as fk
+    from focalkit._optional import optional_import
     from focalkit.kernels.dispatch import resolve_backend
 
     from .baselines import eager_focal, eager_softmax_focal, loop_ghm_c
@@ -238,39 +239,39 @@ def implementations(
             impls.append(Impl(COMPILED, "sigmoid", lambda x, c: compiled(x, c.dense)))
         else:
             skipped.setdefault(COMPILED, "disabled with --no-compile")
-    try:
-        import torchvision.ops
-
+    # comparison libraries: one that is missing or fails to import is skipped, with the reason
+    tv_ops, why = optional_import("torchvision.ops")
+    if tv_ops is not None:
         impls.append(
             Impl(
                 "torchvision.ops",
                 "sigmoid",
-                lambda x, c: torchvision.ops.sigmoid_focal_loss(x, c.dense, reduction="mean"),
+                lambda x, c: tv_ops.sigmoid_focal_loss(x, c.dense, reduction="mean"),
             )
         )
-    except ImportError:
-        skipped.setdefault("torchvision.ops", "not installed")
-    try:
-        import kornia.losses
-
+    else:
+        skipped.setdefault("torchvision.ops", why)
+    kornia_losses, why = optional_import("kornia.losses")
+    if kornia_losses is not None:
         impls.append(
             Impl(
                 "kornia",
                 "sigmoid",
-                lambda x, c: kornia.losses.binary_focal_loss_with_logits(
+                lambda x, c: kornia_losses.binary_focal_loss_with_logits(
                     x, c.dense, alpha=0.25, gamma=2.0, reduction="mean"
                 ),
             )
         )
-    except ImportError:
-        skipped.setdefault("kornia", "not installed")
-    try:
-        from monai.losses import FocalLoss
-
-        monai_loss = FocalLoss(gamma=2.0, alpha=0.25, reduction="mean", use_softmax=False)
+    else:
+        skipped.setdefault("kornia", why)
+    monai_losses, why = optional_import("monai.losses")
+    if monai_losses is not None:
+        monai_loss = monai_losses.FocalLoss(
+            gamma=2.0, alpha=0.25, reduction="mean", use_softmax=False
+        )
         impls.append(Impl("monai", "sigmoid", lambda x, c: monai_loss(x, c.dense)))
-    except ImportError:
-        skipped.setdefault("monai", "not installed")
+    else:
+        skipped.setdefault("monai", why)
     impls.append(
         Impl(
             reference_row("softmax", device_type),

@@ -381,9 +381,10 @@ def _classification_section(runs: list[dict], out_dir: Path, fig_dir: Path) -> l
 
 
 def _detection_names():
-    try:
-        from .detection import study as detection
-    except ImportError:
+    from focalkit._optional import optional_import
+
+    detection, _ = optional_import("focalkit.demo.detection.study")
+    if detection is None:
         return (
             None,
             ("bce", "alpha_bce", "focal", "ghmc"),

@@ -98,12 +98,13 @@ class Job:
 
 
 def _detection_module():
-    try:
-        from .detection import study as detection
-    except ImportError as exc:
+    from focalkit._optional import optional_import
+
+    detection, why = optional_import("focalkit.demo.detection.study")
+    if detection is None:
         raise DemoError(
-            f"the detection study is not available ({exc}); run with --only classification"
-        ) from exc
+            f"the detection study is not available ({why}); run with --only classification"
+        )
     return detection
 
 

@@ -19,8 +19,15 @@ was found) where one fails. ``"auto"`` takes, in this order:
    ``fullgraph=True`` and Inductor fuses it into its own kernels, whereas a hand-written
    kernel or a chunk loop would break the graph. (A named ``"chunked"`` or ``"triton"``
    still runs there, eagerly, outside the compiled graph: :func:`outside_compiled_graph`.)
-2. each fast backend of the loss, in the order of :data:`LOSS_BACKENDS`, whose rules all hold;
+2. each fast backend of the loss, in the order of :data:`LOSS_BACKENDS`, whose rules all hold
+   and, for ``"triton"``, whose kernel is verified on the tensor's device
+   (:data:`TRITON_VERIFIED`);
 3. ``"torch"`` otherwise.
+
+A Triton kernel counts as verified on a device when its GPU tests have passed there, on real
+hardware: :data:`TRITON_VERIFIED` records, per kernel, the architectures (``"sm_90"``, ...)
+and ``"interpreter"`` (the CPU test suite, under ``TRITON_INTERPRET=1``). Until a kernel's
+tests have run on a GPU, ``"auto"`` does not take it there; a named ``"triton"`` still runs it.
 
 =========  ==========  =====================================================================
 backend    rule        requirement
@@ -62,8 +69,10 @@ __all__ = [
     "LOSS_BACKENDS",
     "RULES",
     "TRITON_DTYPES",
+    "TRITON_VERIFIED",
     "Choice",
     "check_backend",
+    "device_arch",
     "outside_compiled_graph",
     "recorded_choices",
     "resolve_backend",
@@ -258,6 +267,10 @@ def resolve_backend(
     for name in LOSS_BACKENDS[loss]:
         call = _Call(tensor, dtype_ok, unsupported.get(name))
         failed = _first_failure(name, call)
+        unverified = _unverified(loss, tensor) if name == "triton" and failed is None else None
+        if unverified is not None:
+            skipped.append(f"triton skipped, verified: {unverified}")
+            continue
         if failed is None:
             why = "; ".join(skipped)
             return _record(Choice(loss, name, f"auto: {_WHY[name]}" + (f" ({why})" if why else "")))
@@ -272,6 +285,44 @@ _WHY = {
 }
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+#: Where each Triton kernel's tests have passed (see the module docstring). The kernels have
+#: run in Triton's interpreter and been compiled for sm_90 (``tests/test_triton_compile.py``),
+#: but no GPU test has run yet: "auto" takes none of them on a CUDA device.
+TRITON_VERIFIED: dict[str, frozenset[str]] = {
+    "sigmoid_focal_loss": frozenset({"interpreter"}),
+    "softmax_focal_loss": frozenset({"interpreter"}),
+    "ghm_c_loss": frozenset({"interpreter"}),
+    "ghm_r_loss": frozenset({"interpreter"}),
+    "box_loss": frozenset({"interpreter"}),
+}
+
+
+@functools.cache
+def _cuda_arch(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm_{major}{minor}"
+
+
+def device_arch(tensor: Tensor) -> str:
+    """``"sm_XY"`` for a CUDA tensor, ``"interpreter"`` for a CPU tensor under
+    ``TRITON_INTERPRET=1``, else the device type."""
+    if tensor.is_cuda:
+        return _cuda_arch(tensor.device.index if tensor.device.index is not None else 0)
+    if tensor.device.type == "cpu" and _interpret():
+        return "interpreter"
+    return tensor.device.type
+
+
+def _unverified(loss: str, tensor: Tensor) -> str | None:
+    """Why "auto" may not take the Triton kernel of ``loss`` on ``tensor``'s device."""
+    arch = device_arch(tensor)
+    verified = TRITON_VERIFIED.get(loss, frozenset())
+    if arch in verified:
+        return None
+    where = ", ".join(sorted(verified)) or "nowhere"
+    return f"the {loss} kernel is not verified on {arch} (verified: {where})"
 
 
 def outside_compiled_graph(fn: _F) -> _F:
