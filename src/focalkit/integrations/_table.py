@@ -1,0 +1,257 @@
+"""The loss tables the integrations share: a name, the focalkit callable behind it, the options
+it takes (read from its signature) and how the integration builds its targets.
+
+Each stack (:mod:`focalkit.integrations.torchvision`, :mod:`focalkit.integrations.ultralytics`)
+keeps one dict ``name -> LossSpec`` per role (classification, box, ...). Adding a loss to a
+stack is one entry there: the stack's code reads ``spec.targets`` to build the targets and
+calls the callable with the keywords it owns (``weight``, ``reduction``, ...) plus the user's
+options. The options a name accepts are *not* listed by hand: they are the keyword parameters
+of the focalkit callable (a function, or a Module's constructor) less the ones the
+integration sets itself, so an option that does not belong to the chosen loss raises, and a
+new keyword of a focalkit loss is accepted as soon as the loss has it.
+
+A name whose focalkit callable is not in the installed focalkit (a loss from a newer release)
+is still listed; choosing it raises :class:`LossUnavailableError`, which says where it comes
+from.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import focalkit
+
+__all__ = [
+    "LossSpec",
+    "LossUnavailableError",
+    "accepted_options",
+    "build",
+    "describe",
+    "require_stack",
+    "split_options",
+]
+
+NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
+
+
+class LossUnavailableError(ImportError):
+    """A loss name is known to the integration, but the installed focalkit lacks its
+    function (it comes with a later focalkit)."""
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """How an integration computes one named loss.
+
+    Attributes:
+        name: the name users pass (``classification="focal"``).
+        attr: the focalkit attribute (``"sigmoid_focal_loss"``, ``"GHMCLoss"``), or ``""``
+            when ``func`` is given.
+        targets: the stack-specific name of how targets are built (see each stack's module).
+        summary: one line for the options table.
+        fixed: keywords the integration always passes (``gamma=0`` for "bce"); for a Module,
+            constructor keywords.
+        owned: further keywords the integration passes or forbids (``weight``,
+            ``reduction``, ...): not user options.
+        call_needs: keywords the callable must accept at call time (checked when the loss is
+            built, so a focalkit version whose function lacks one fails early and clearly).
+        module: the callable is a Module class: it is built once (its state, such as an EMA
+            buffer, lives in the model) and called as ``module(pred, target, **call_kwargs)``.
+        func: a callable defined by the integration itself (torch's L1), instead of ``attr``.
+        provides: where the callable comes from, for the error when it is missing.
+    """
+
+    name: str
+    attr: str
+    targets: str
+    summary: str
+    fixed: Mapping[str, Any] = field(default_factory=lambda: NO_OPTIONS)
+    owned: frozenset[str] = frozenset()
+    call_needs: frozenset[str] = frozenset()
+    module: bool = False
+    func: Callable[..., Any] | None = field(default=None, compare=False)
+    provides: str = "focalkit"
+
+    def resolve(self) -> Any:
+        """The callable (function or Module class), or raise :class:`LossUnavailableError`."""
+        if self.func is not None:
+            return self.func
+        found = getattr(focalkit, self.attr, None)
+        if found is None:
+            raise LossUnavailableError(
+                f"{self.name!r} needs focalkit.{self.attr}, which focalkit "
+                f"{focalkit.__version__} does not have: it comes with {self.provides}. "
+                f"Upgrade focalkit, or choose another loss."
+            )
+        return found
+
+    def available(self) -> bool:
+        return self.func is not None or getattr(focalkit, self.attr, None) is not None
+
+    @property
+    def qualname(self) -> str:
+        if self.func is not None:
+            return self.summary
+        return f"focalkit.{self.attr}"
+
+
+def _keyword_parameters(obj: Any, skip: int) -> list[inspect.Parameter]:
+    params = list(inspect.signature(obj).parameters.values())
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p for p in params[skip:] if p.kind in kinds]
+
+
+def _skip(spec: LossSpec) -> int:
+    """How many leading positional parameters are inputs, not options: (pred, target) of a
+    function; none of a Module's ``__init__`` (``inspect.signature`` of a class drops self)."""
+    return 0 if spec.module else 2
+
+
+def accepted_options(spec: LossSpec) -> tuple[str, ...]:
+    """The option names ``spec`` takes from users: its callable's keyword parameters less the
+    fixed and owned ones. Raises :class:`LossUnavailableError` if the callable is missing."""
+    target = spec.resolve()
+    names = [p.name for p in _keyword_parameters(target, _skip(spec))]
+    return tuple(n for n in names if n not in spec.fixed and n not in spec.owned)
+
+
+def _call_parameters(spec: LossSpec) -> set[str]:
+    target = spec.resolve()
+    if spec.module:
+        params = inspect.signature(target.forward).parameters
+    else:
+        params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return set(params) | set(spec.call_needs)
+    return set(params)
+
+
+def check_callable(role: str, spec: LossSpec) -> None:
+    """The callable accepts every keyword the integration passes at call time."""
+    missing = sorted(spec.call_needs - _call_parameters(spec))
+    if missing:
+        raise LossUnavailableError(
+            f"{role}={spec.name!r}: {spec.qualname} in focalkit {focalkit.__version__} takes "
+            f"no {', '.join(repr(m) for m in missing)} keyword, which the integration passes; "
+            f"it needs the version that comes with {spec.provides}"
+        )
+
+
+def _lookup(role: str, name: object, table: Mapping[str, LossSpec]) -> LossSpec:
+    if not isinstance(name, str):
+        raise TypeError(
+            f"{role}: expected a loss name (str), got {type(name).__name__}; "
+            f"supported: {', '.join(table)}"
+        )
+    spec = table.get(name)
+    if spec is None:
+        raise ValueError(f"{role}: unknown loss {name!r}; supported: {', '.join(table)}")
+    return spec
+
+
+def split_options(
+    choices: Mapping[str, tuple[str, LossSpec]], options: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Route each option to the loss that takes it.
+
+    ``choices`` maps a role (``"classification"``) to ``(prefix, spec)``. An option named
+    ``<prefix><name>`` (``cls_gamma``) goes to that role's loss; a plain name goes to the one
+    loss that takes it. A name no chosen loss takes, or one that two take without a prefix,
+    raises ``ValueError`` listing what each loss accepts."""
+    accepted = {role: set(accepted_options(spec)) for role, (_, spec) in choices.items()}
+    routed: dict[str, dict[str, Any]] = {role: {} for role in choices}
+    for key, value in options.items():
+        target = None
+        for role, (prefix, _) in choices.items():
+            if key.startswith(prefix) and key[len(prefix) :] in accepted[role]:
+                target, name = role, key[len(prefix) :]
+                break
+        if target is None:
+            takers = [role for role in choices if key in accepted[role]]
+            if len(takers) > 1:
+                hint = " or ".join(f"{choices[r][0]}{key}=" for r in takers)
+                raise ValueError(
+                    f"option {key!r} is taken by both "
+                    + " and ".join(f"{r}={choices[r][1].name!r}" for r in takers)
+                    + f"; say which one with {hint}"
+                )
+            if not takers:
+                raise ValueError(
+                    f"option {key!r} belongs to none of the chosen losses; "
+                    + _menu(choices, accepted)
+                )
+            target, name = takers[0], key
+        if name in routed[target]:
+            raise ValueError(f"option {name!r} given twice for {target} (with and without prefix)")
+        routed[target][name] = value
+    return routed
+
+
+def _menu(choices: Mapping[str, tuple[str, LossSpec]], accepted: Mapping[str, set[str]]) -> str:
+    parts = []
+    for role, (prefix, spec) in choices.items():
+        names = sorted(accepted[role])
+        listed = ", ".join(names) if names else "no options"
+        parts.append(f"{role}={spec.name!r} ({spec.qualname}) takes: {listed} (prefix {prefix!r})")
+    return "; ".join(parts)
+
+
+def build(role: str, name: object, table: Mapping[str, LossSpec]) -> LossSpec:
+    """The spec of ``name`` in ``table``, checked: a known name (``ValueError`` listing the
+    supported ones otherwise), an available callable that takes what the integration passes
+    (:class:`LossUnavailableError` otherwise)."""
+    spec = _lookup(role, name, table)
+    spec.resolve()
+    check_callable(role, spec)
+    return spec
+
+
+def instantiate(spec: LossSpec, options: Mapping[str, Any]) -> Any:
+    """For a Module spec, the Module built with its fixed keywords and the user's options;
+    for a function, the function itself (options are passed at call time)."""
+    target = spec.resolve()
+    if spec.module:
+        return target(**spec.fixed, **options)
+    return target
+
+
+def describe(tables: Mapping[str, Mapping[str, LossSpec]]) -> list[dict[str, Any]]:
+    """One row per (role, name): what it computes, and its options or why it is unavailable."""
+    rows = []
+    for role, table in tables.items():
+        for name, spec in table.items():
+            row: dict[str, Any] = {"role": role, "name": name, "computes": spec.qualname}
+            try:
+                row["options"] = accepted_options(spec)
+                row["available"] = ""
+            except LossUnavailableError:
+                row["options"] = ()
+                row["available"] = f"needs focalkit.{spec.attr} ({spec.provides})"
+            row["targets"] = spec.targets
+            row["summary"] = spec.summary
+            rows.append(row)
+    return rows
+
+
+def require_stack(package: str, extra: str, what: str) -> Any:
+    """Import ``package`` (through :func:`focalkit._optional.optional_import`) or raise an
+    ``ImportError`` naming what is missing and how to install it."""
+    from .._optional import optional_import
+
+    module, reason = optional_import(package)
+    if module is None:
+        state = "not installed" if reason == "not installed" else f"installed but {reason}"
+        raise ImportError(
+            f"{what} needs {package}, which is {state}. Install it with "
+            f"pip install 'focalkit[{extra}]' (the versions focalkit is tested with are in "
+            f"docs/integrations.md)"
+        )
+    return module
+
+
+def names(table: Iterable[str]) -> str:
+    return ", ".join(repr(n) for n in table)
