@@ -208,11 +208,14 @@ def _index_chunk(
     views: _ChunkViews,
     loss_out: Tensor | None,
     grad_out: Tensor | None,
+    row_weight: Tensor | None = None,
 ) -> Tensor | None:
     """Class-index targets on one ``(R, C)`` chunk without a one-hot tensor: every element as
     a negative through :func:`_hard_chunk` (the positives' slots left out of the sum, ignored
     rows scaled by 0), then the (at most one per row) positive recomputed with
-    :func:`~focalkit.functional.focal.sigmoid_focal_terms` at ``y = 1`` and scattered in."""
+    :func:`~focalkit.functional.focal.sigmoid_focal_terms` at ``y = 1`` and scattered in.
+    ``row_weight`` (R,): a ``weight=`` that is constant along the classes (a detector's
+    per-anchor weight), folded into the same scale as the ignored rows."""
     num_classes = x.shape[-1]
     bufs = views.bufs
     scale: Tensor | float | None
@@ -222,8 +225,13 @@ def _index_chunk(
         scale = float(factors[0])
     else:
         scale = views.alpha_neg
+    keep: Tensor | None = None
     if valid is not None and not bool(valid.all()):  # ignored rows: a zero scale
         keep = valid.unsqueeze(-1)
+    rows_w = None if row_weight is None else row_weight.to(x.dtype).unsqueeze(-1)
+    if rows_w is not None:
+        keep = rows_w if keep is None else rows_w * keep
+    if keep is not None:
         if isinstance(scale, Tensor):
             scale = torch.mul(scale, keep, out=bufs[3])
         else:
@@ -243,6 +251,9 @@ def _index_chunk(
     loss_pos, grad_pos = sigmoid_focal_terms(
         x_pos, torch.ones_like(x_pos), gamma, a_pos, grad_out is not None
     )
+    if rows_w is not None:
+        loss_pos = loss_pos * rows_w
+        grad_pos = None if grad_pos is None else grad_pos * rows_w
     if grad_out is not None and grad_pos is not None:
         _put_positives(grad_out, col, is_pos, grad_pos)
     if loss_out is not None:
@@ -301,6 +312,11 @@ def sigmoid_focal_chunked(
     if valid is not None:
         v2 = valid.reshape(rows) if spec.index_form else valid.reshape(rows, cols)
     w2 = None if weight is None else weight.expand(logits.shape).reshape(rows, cols)
+    row_w = None  # a weight constant along the classes on index targets: a row scale
+    if w2 is not None and weight is not None and spec.index_form and spec.gamma.is_plain():
+        if weight.dim() == 0 or weight.shape[-1] == 1:
+            row_w = weight.expand(*logits.shape[:-1], 1).reshape(rows)
+            w2 = None
 
     grad = torch.empty((rows, cols), dtype=cdtype, device=logits.device) if need_grad else None
     out = None if spec.reduce_sum else torch.empty((rows, cols), dtype=cdtype, device=x2.device)
@@ -324,7 +340,8 @@ def sigmoid_focal_chunked(
         partial: Tensor | None = None
         fast = views is not None
         if views is not None and spec.index_form:
-            partial = _index_chunk(xs, ts, vs, spec.gamma, factors, views, loss_out, grad_out)
+            rw = None if row_w is None else row_w[start:stop]
+            partial = _index_chunk(xs, ts, vs, spec.gamma, factors, views, loss_out, grad_out, rw)
         elif views is not None:
             ys = ts.to(cdtype)
             if integer_targets or _is_binary(ys, views.bufs[0]):
