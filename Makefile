@@ -1,6 +1,8 @@
 # Two entry points do all set-up on a fresh machine with Python >= 3.10:
 #   make demo   - creates .venv, installs focalkit, runs the main job
 #   make test   - creates .venv, installs focalkit + test tools, runs lint and the test suite
+#   make test-stacks - creates .venv-stacks (torch + torchvision + ultralytics), runs the
+#                  integration tests against them (CI runs it after make test)
 # torch is pinned here (not in the package) so a fresh machine takes the CPU build on disk
 # instead of pulling a multi-GB CUDA build; the package itself declares torch>=2.3.
 PYTHON ?= python3
@@ -8,7 +10,16 @@ VENV ?= .venv
 TORCH_PIN ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench figure clean
+# The integrations' stacks need torchvision, whose wheels are built for one torch build: the
+# registry's torchvision 0.28.0 fails to import against the CPU-only torch 2.13.0 above, so
+# they get their own environment (torch with its CUDA libraries, which also runs on a CPU).
+STACKS_VENV ?= .venv-stacks
+STACKS_PINS ?= torch==2.14.1 torchvision==0.29.1 ultralytics==8.4.190
+STACKS_BIN := $(STACKS_VENV)/bin
+# Ultralytics without network: no settings sync, downloads or fonts; settings in the venv
+STACKS_ENV := YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$(abspath $(STACKS_VENV))/ultralytics-config
+
+.PHONY: demo test lint bench figure clean stacks-env test-stacks bench-stacks
 
 $(BIN)/.focalkit-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +42,25 @@ lint: $(BIN)/.focalkit-installed
 test: lint
 	$(BIN)/python -m pytest -q -n 2 tests --doctest-modules src/focalkit/functional src/focalkit/nn src/focalkit/distributed.py $(ARGS)
 
+# test-stacks: the integration tests against the real torchvision and Ultralytics, in
+# .venv-stacks (about 6 GB, 1.5 to 3 minutes to build from the registries and disk caches).
+# FOCALKIT_REQUIRE_STACKS=1 turns "skip when a stack is absent" into a failure.
+$(STACKS_BIN)/.focalkit-installed: pyproject.toml
+	$(PYTHON) -m venv $(STACKS_VENV)
+	$(STACKS_BIN)/pip install --quiet --upgrade pip
+	$(STACKS_BIN)/pip install --quiet $(STACKS_PINS)
+	$(STACKS_BIN)/pip install --quiet -e ".[torchvision,ultralytics]" "pytest>=8" "pytest-xdist>=3"
+	touch $@
+
+stacks-env: $(STACKS_BIN)/.focalkit-installed
+
+test-stacks: $(STACKS_BIN)/.focalkit-installed
+	$(STACKS_ENV) FOCALKIT_REQUIRE_STACKS=1 $(STACKS_BIN)/python -m pytest -q -n 2 tests/integrations tests/test_readme.py $(ARGS)
+
+bench-stacks: $(STACKS_BIN)/.focalkit-installed
+	$(STACKS_ENV) $(STACKS_BIN)/python benchmarks/bench_detection_losses.py --json benchmarks/results/detection_losses_cpu.json
+	$(STACKS_BIN)/python benchmarks/render_readme.py
+
 bench: $(BIN)/.focalkit-installed
 	$(BIN)/python benchmarks/bench_focal_cpu.py --json benchmarks/results/focal_cpu.json
 	$(BIN)/python benchmarks/bench_ghm_box.py --json benchmarks/results/ghm_box_cpu.json
@@ -39,5 +69,5 @@ bench: $(BIN)/.focalkit-installed
 # clean: what set-up, builds and test runs leave behind (the egg-info of `pip install -e .`
 # sits under src/); the demo's report directory is output, not clutter, and stays.
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(STACKS_VENV) build dist src/*.egg-info *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

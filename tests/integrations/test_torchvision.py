@@ -468,3 +468,15 @@ def test_mpdiou_gets_each_images_size():
     assert model.focalkit_losses.image_sizes is not None
     assert torch.isfinite(losses["bbox_regression"])
     assert available("mpdiou_loss")
+
+
+def test_pairwise_iou_is_box_iou_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 40, 2, generator=g) * 100
+    a = torch.cat([xy, xy + 1 + torch.rand(2, 40, 2, generator=g) * 50], -1)
+    b = a[:, :25].flip(1) + torch.rand(2, 25, 4, generator=g)
+    for i in range(2):
+        torch.testing.assert_close(
+            fk_tv.pairwise_iou(a[i], b[i]), box_iou(a[i], b[i]), rtol=0, atol=0
+        )
+    torch.testing.assert_close(fk_tv.pairwise_iou(a, b)[1], box_iou(a[1], b[1]), rtol=0, atol=0)

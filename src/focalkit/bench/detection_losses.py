@@ -136,7 +136,7 @@ def measure(
 ) -> dict:
     """The results document (``benchmarks/results/detection_losses_cpu.json``)."""
     dev = torch.device(device)
-    spec = {"batch": batch, "size": list(size), "classes": classes, "boxes": boxes}
+    spec: dict[str, Any] = {"batch": batch, "size": list(size), "classes": classes, "boxes": boxes}
     rows = []
     for kind in models:
         steps, anchors = {}, 0
@@ -148,7 +148,7 @@ def measure(
         seconds = interleaved_medians(steps, dev, repeat=repeat, warmup=1, rounds=3)
         peaks = {}
         for variant in VARIANTS:
-            args = {"kind": kind, "variant": variant, "device": device, **spec}
+            args: dict[str, Any] = {"kind": kind, "variant": variant, "device": device, **spec}
             if dev.type == "cpu":
                 peaks[variant] = peak_in_child("focalkit.bench.detection_losses:step_peak", **args)
             else:

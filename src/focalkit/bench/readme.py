@@ -4,7 +4,9 @@
     python benchmarks/render_readme.py --check  # exit 1 if the README is out of date
 
 The README never carries a typed-in number: this module (through that script) is the only
-writer of that block. It reads JSON only (no torch, numpy or matplotlib use).
+writer of that block. It reads JSON only (no torch, numpy or matplotlib use). It also writes
+the integrations' options tables (``<!-- options:STACK:begin -->`` blocks) from their loss
+tables, which import neither torchvision nor ultralytics.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from pathlib import Path
 
 from focalkit.demo.records import atomic_write_bytes
 
-__all__ = ["focal_table", "ghm_box_table", "main", "render", "suite_table"]
+__all__ = [
+    "detection_losses_table",
+    "focal_table",
+    "ghm_box_table",
+    "main",
+    "options_tables",
+    "render",
+    "suite_table",
+]
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
@@ -110,9 +120,44 @@ def suite_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def detection_losses_table(data: dict) -> str:
+    """``benchmarks/bench_detection_losses.py``: torchvision's loss computation against the
+    model patched by focalkit.integrations.torchvision."""
+    h, w = data["size"]
+    env = data["environment"]
+    lines = [
+        f"Loss computation of torchvision's detectors per training step (matching, targets, "
+        f"losses, backward into the head outputs; backbone and heads not run): the model's own "
+        f"against `focalkit.integrations.torchvision.set_losses(model)` (focal loss and the "
+        f"model's box loss on both sides, equal values), {data['batch']} images of {h} x {w}, "
+        f"{data['classes']} classes, {data['boxes']} boxes per image, median of "
+        f"{data['repeat']} steps (`python benchmarks/bench_detection_losses.py`). "
+        f"torchvision {env.get('torchvision')}. " + _env_line(env),
+        "",
+        "| model | anchors per image | torchvision (ms) | focalkit (ms) | speed-up "
+        "| torchvision peak (MiB) | focalkit peak (MiB) | memory vs torchvision | max rel. diff |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in data["rows"]:
+        tv, fk = row["torchvision_peak_bytes"], row["focalkit_peak_bytes"]
+        lines.append(
+            f"| {row['model']} | {row['anchors_per_image']:,} | {row['torchvision_ms']:.1f} | "
+            f"{row['focalkit_ms']:.1f} | {row['speedup']:.2f}x | "
+            f"{_opt(None if tv is None else tv / 2**20, '.1f')} | "
+            f"{_opt(None if fk is None else fk / 2**20, '.1f')} | "
+            f"{_opt(row['memory_ratio'], '.2f')} | {row['max_rel_diff']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
 RENDERERS = {"focal_cpu.json": focal_table, "ghm_box_cpu.json": ghm_box_table}
-# rendered only when present (``focalkit bench``), after the two tables above
-OPTIONAL_RENDERERS = {"suite-cpu-cpu-small.json": suite_table, "suite-cuda-gpu.json": suite_table}
+# rendered only when present (``focalkit bench``, ``make bench-stacks``), after the two above
+OPTIONAL_RENDERERS = {
+    "suite-cpu-cpu-small.json": suite_table,
+    "suite-cuda-gpu.json": suite_table,
+    "detection_losses_cpu.json": detection_losses_table,
+    "detection_losses_cuda.json": detection_losses_table,
+}
 
 
 def render(results: Path) -> str:
@@ -131,21 +176,47 @@ def render(results: Path) -> str:
     return "\n\n".join(parts)
 
 
+def options_tables() -> dict[str, str]:
+    """The integrations' options tables (``<!-- options:STACK:begin -->`` blocks), rendered
+    from their loss tables (which import no stack)."""
+    from focalkit.integrations import torchvision, ultralytics
+    from focalkit.integrations._table import markdown
+
+    return {
+        "torchvision": markdown(torchvision.options_table()),
+        "ultralytics": markdown(ultralytics.options_table()),
+    }
+
+
+def _replace(text: str, begin: str, end: str, content: str) -> str:
+    if begin not in text:
+        return text
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{content}\n{end}{tail}"
+
+
 def main(argv: list[str] | None = None, *, root: Path) -> int:
     """``benchmarks/render_readme.py [--check]`` for the repository at ``root``: rewrite the
-    block of ``root/README.md`` from ``root/benchmarks/results`` atomically, or (``--check``)
-    return 1 if it differs."""
+    benchmark block of ``root/README.md`` from ``root/benchmarks/results`` and the
+    integrations' options tables from their loss tables, atomically, or (``--check``) return
+    1 if they differ."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
     readme = Path(root) / "README.md"
     text = readme.read_text(encoding="utf-8")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{BEGIN}\n{render(Path(root) / 'benchmarks' / 'results')}\n{END}{tail}"
+    new = _replace(text, BEGIN, END, render(Path(root) / "benchmarks" / "results"))
+    for stack, table in options_tables().items():
+        new = _replace(
+            new, f"<!-- options:{stack}:begin -->", f"<!-- options:{stack}:end -->", table
+        )
     if args.check:
         if new != text:
-            print("README benchmark tables are out of date: run python benchmarks/render_readme.py")
+            print(
+                "README benchmark or options tables are out of date: "
+                "run python benchmarks/render_readme.py"
+            )
             return 1
         return 0
     atomic_write_bytes(readme, new.encode("utf-8"))

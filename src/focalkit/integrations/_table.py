@@ -230,7 +230,7 @@ def describe(tables: Mapping[str, Mapping[str, LossSpec]]) -> list[dict[str, Any
                 row["available"] = ""
             except LossUnavailableError:
                 row["options"] = ()
-                row["available"] = f"needs focalkit.{spec.attr} ({spec.provides})"
+                row["available"] = f"comes with {spec.provides}"
             row["targets"] = spec.targets
             row["summary"] = spec.summary
             rows.append(row)
@@ -255,3 +255,22 @@ def require_stack(package: str, extra: str, what: str) -> Any:
 
 def names(table: Iterable[str]) -> str:
     return ", ".join(repr(n) for n in table)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The options table of :func:`describe`'s rows, as the README and the docs show it."""
+    lines = [
+        "| role | name | what it computes | computed by | options |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        if row["available"]:
+            options = f"not in this focalkit yet: {row['available']}"
+        else:
+            options = ", ".join(f"`{o}`" for o in row["options"]) or "none"
+        computes = row["computes"]
+        computes = f"`{computes}`" if computes.startswith("focalkit.") else "torch"
+        lines.append(
+            f"| {row['role']} | `{row['name']}` | {row['summary']} | {computes} | {options} |"
+        )
+    return "\n".join(lines)

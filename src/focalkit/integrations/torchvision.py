@@ -10,7 +10,8 @@ loss dict (RetinaNet: ``classification``, ``bbox_regression``; FCOS: those and
 * **Matching**: torchvision's own rules, batched over the images (ground truth padded to the
   largest image's count): RetinaNet's ``Matcher`` (IoU thresholds, low-quality matches; a
   matcher of another class is called per image as the model would), FCOS's centre sampling
-  and scale ranges. Same ``box_iou``, same comparisons, so the same matches.
+  and scale ranges. The same IoU operations as ``box_iou`` and the same comparisons, so the
+  same matches.
 * **Targets**: class indices (``C`` = background, no one-hot tensor); anchors between the
   thresholds get weight 0. Box targets are encoded/decoded by the head's own box coder.
 * **Normalisation** (``normalization=``): ``"model"`` (default) reproduces the model's:
@@ -54,13 +55,14 @@ __all__ = [
     "NORMALIZATIONS",
     "TorchvisionLosses",
     "options_table",
+    "pairwise_iou",
     "remove_losses",
     "set_losses",
 ]
 
 NORMALIZATIONS = ("model", "batch", "reduce_mean")
-GFL_BRANCH = "the generalized-focal branch (quality/varifocal/poly-1 losses, focalkit > 0.1.0)"
-IOU_BRANCH = "the iou-family branch (SIoU, WIoU, MPDIoU, Shape-IoU, focalkit > 0.1.0)"
+GFL_BRANCH = "the generalized-focal branch (after focalkit 0.1.0)"
+IOU_BRANCH = "the iou-family branch (after focalkit 0.1.0)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,6 +261,20 @@ def _pad_targets(
     return gt_boxes, gt_labels, valid
 
 
+def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of every pair, ``(..., N, 4) x (..., M, 4) -> (..., N, M)``, xyxy, with the same
+    operations in the same order as ``torchvision.ops.box_iou`` (so the same values, bit for
+    bit), batched over leading dimensions whatever the torchvision version."""
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.max(boxes1[..., None, :2], boxes2[..., None, :, :2])
+    rb = torch.min(boxes1[..., None, 2:], boxes2[..., None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[..., None] + area2[..., None, :] - inter
+    return inter / union
+
+
 def _match_retinanet(
     model: Any,
     gt_boxes: Tensor,
@@ -269,7 +285,6 @@ def _match_retinanet(
     """RetinaNet's matches (N, A): a ground-truth index, -1 (background) or -2 (between the
     thresholds: ignored)."""
     from torchvision.models.detection import _utils as det_utils
-    from torchvision.ops import box_iou
 
     n, a = anchors.shape[:2]
     matcher = model.proposal_matcher
@@ -281,9 +296,9 @@ def _match_retinanet(
             if t["boxes"].numel() == 0:
                 out.append(torch.full((a,), -1, dtype=torch.int64, device=anchors.device))
             else:
-                out.append(matcher(box_iou(t["boxes"], anchors[i])))
+                out.append(matcher(pairwise_iou(t["boxes"], anchors[i])))
         return torch.stack(out)
-    iou = box_iou(gt_boxes, anchors).masked_fill(~valid[..., None], -1.0)  # (N, G, A)
+    iou = pairwise_iou(gt_boxes, anchors).masked_fill(~valid[..., None], -1.0)  # (N, G, A)
     values, matches = iou.max(dim=1)
     all_matches = matches
     below = values < matcher.low_threshold

@@ -59,10 +59,8 @@ __all__ = [
 ]
 
 NORMALIZATIONS = ("model", "reduce_mean")
-GFL_BRANCH = (
-    "the generalized-focal branch (quality/varifocal/poly-1 losses and DFL, focalkit > 0.1.0)"
-)
-IOU_BRANCH = "the iou-family branch (SIoU, WIoU, MPDIoU, Shape-IoU, focalkit > 0.1.0)"
+GFL_BRANCH = "the generalized-focal branch (after focalkit 0.1.0)"
+IOU_BRANCH = "the iou-family branch (after focalkit 0.1.0)"
 WHAT = "focalkit.integrations.ultralytics"
 
 DetectionLoss: Any  # the class is built on first use: see __getattr__ below
@@ -324,6 +322,7 @@ def _hyperparameters(args: Any) -> Any:
 
 
 def _detection_loss_class() -> type:
+    require_stack("ultralytics", "ultralytics", WHAT)
     loss_module = require_stack("ultralytics.utils.loss", "ultralytics", WHAT)
     from ultralytics.utils.tal import make_anchors
 
@@ -400,7 +399,7 @@ def _detection_loss_class() -> type:
         ) -> Tensor:
             spec = CLASSIFICATION_LOSSES[self.classification]
             kwargs = {**spec.fixed, **self.cls_options}
-            weight = self.class_weights  # (1, 1, nc) or None
+            weight = getattr(self, "class_weights", None)  # (1, 1, nc) or None
             if spec.targets == "dense":
                 targets = target_scores.to(pred_scores.dtype)
             else:
@@ -460,10 +459,14 @@ def _detection_loss_class() -> type:
             loss[0] *= self.hyp.box
             loss[1] *= self.hyp.cls
             loss[2] *= self.hyp.dfl
+            # loss items as the installed v8DetectionLoss returns them: a dict by name where it
+            # has loss_names (8.4.1xx and later), the detached tensor before
+            names = getattr(self, "loss_names", None)
+            items = loss.detach()
             return (
                 (fg_mask, target_gt_idx, target_bboxes, anchor_points, stride_tensor),
                 loss,
-                dict(zip(self.loss_names, loss.detach(), strict=True)),
+                items if names is None else dict(zip(names, items, strict=True)),
             )
 
     DetectionLoss.__module__ = __name__
