@@ -449,14 +449,12 @@ def test_unsupported_model_classes_raise_type_error():
 
 @pytest.mark.parametrize(
     "role,name",
-    [("classification", n) for n in fk_tv.CLASSIFICATION_LOSSES]
-    + [("box", n) for n in fk_tv.BOX_LOSSES],
+    [("classification", n) for n, s in fk_tv.CLASSIFICATION_LOSSES.items() if not s.available()]
+    + [("box", n) for n, s in fk_tv.BOX_LOSSES.items() if not s.available()],
 )
 def test_unavailable_losses_say_where_they_come_from(role, name):
     table = fk_tv.CLASSIFICATION_LOSSES if role == "classification" else fk_tv.BOX_LOSSES
     spec = table[name]
-    if spec.available():
-        pytest.skip(f"{role}={name!r} is available in this focalkit")
     with pytest.raises(LossUnavailableError, match=rf"needs focalkit\.{spec.attr}.*comes with the"):
         fk_tv.set_losses(make_model("retinanet"), **{role: name})
 
@@ -480,3 +478,103 @@ def test_pairwise_iou_is_box_iou_bit_for_bit():
             fk_tv.pairwise_iou(a[i], b[i]), box_iou(a[i], b[i]), rtol=0, atol=0
         )
     torch.testing.assert_close(fk_tv.pairwise_iou(a, b)[1], box_iou(a[1], b[1]), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# DistributedDataParallel: "reduce_mean" over 2 ranks = "batch" on one process
+# --------------------------------------------------------------------------------------------
+
+DDP_SIZES = ((128, 128),) * 4  # one padding for any split of the batch: the same anchors
+
+
+def ddp_batch():
+    images, targets = make_batch(torch.float64, sizes=DDP_SIZES[:3])
+    images.append(torch.rand(3, 128, 128, dtype=torch.float64))
+    targets.append(
+        {
+            "boxes": torch.tensor([[8.0, 8, 70, 50], [60, 60, 120, 124]], dtype=torch.float64),
+            "labels": torch.tensor([2, 0]),
+        }
+    )
+    return images, targets
+
+
+def _ddp_rank(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        model = make_model("retinanet", dtype=torch.float64)
+        fk_tv.set_losses(model, normalization="reduce_mean")
+        ddp = DistributedDataParallel(model)
+        images, targets = ddp_batch()
+        part = slice(2 * rank, 2 * rank + 2)
+        sum(ddp(images[part], targets[part]).values()).backward()
+        torch.save(gradients(model), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_reduce_mean_under_ddp_equals_one_process_with_the_whole_batch(tmp_path):
+    """Two gloo ranks, each with half the images and normalization="reduce_mean": after DDP
+    averages the gradients, every parameter's gradient equals one process's with the whole
+    batch and normalization="batch" (float64, 1e-10)."""
+    import torch.multiprocessing as mp
+
+    for attempt in range(3):  # gloo on CPU can abort a rank from a background thread
+        try:
+            init = f"file://{tmp_path}/store{attempt}"
+            mp.spawn(_ddp_rank, args=(init, str(tmp_path)), nprocs=2, join=True)
+            break
+        except mp.ProcessExitedException:
+            if attempt == 2:
+                raise
+    model = patched(make_model("retinanet", dtype=torch.float64), normalization="batch")
+    images, targets = ddp_batch()
+    sum(model(images, targets).values()).backward()
+    expected = gradients(model)
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"rank{rank}.pt")
+        assert_gradients_close(expected, grads, rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmark
+# --------------------------------------------------------------------------------------------
+
+
+def _schema(value):
+    if isinstance(value, dict):
+        return {k: _schema(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_schema(value[0])] if value and isinstance(value[0], dict) else "list"
+    if isinstance(value, bool) or value is None:
+        return "optional"
+    return "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def test_detection_losses_benchmark_writes_the_committed_schema(tmp_path, capsys):
+    """`benchmarks/bench_detection_losses.py` (a small run) writes what the committed results
+    and the README renderer hold, and both variants compute the same losses."""
+    import json
+    from pathlib import Path
+
+    from focalkit.bench import detection_losses, readme
+
+    path = tmp_path / "detection_losses_cpu.json"
+    argv = ["--models", "fcos", "--size", "96", "128", "--classes", "5", "--repeat", "1"]
+    assert detection_losses.main([*argv, "--rounds", "1", "--json", str(path)]) == 0
+    assert "fcos" in capsys.readouterr().out
+    new = json.loads(path.read_text())
+    assert [r["model"] for r in new["rows"]] == ["fcos"]
+    assert all(r["max_rel_diff"] < 1e-5 for r in new["rows"])
+    committed = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / path.name
+    old = json.loads(committed.read_text())
+    assert set(new.pop("environment")) == set(old.pop("environment"))
+    new_rows, old_rows = new.pop("rows"), old.pop("rows")
+    assert _schema(new) == _schema(old)
+    assert set(new_rows[0]) == set(old_rows[0])
+    assert "| retinanet |" in readme.detection_losses_table(json.loads(committed.read_text()))

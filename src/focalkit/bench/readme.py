@@ -130,19 +130,22 @@ def detection_losses_table(data: dict) -> str:
         f"losses, backward into the head outputs; backbone and heads not run): the model's own "
         f"against `focalkit.integrations.torchvision.set_losses(model)` (focal loss and the "
         f"model's box loss on both sides, equal values), {data['batch']} images of {h} x {w}, "
-        f"{data['classes']} classes, {data['boxes']} boxes per image, median of "
-        f"{data['repeat']} steps (`python benchmarks/bench_detection_losses.py`). "
+        f"{data['classes']} classes, {data['boxes']} boxes per image, {data['repeat']} steps "
+        f"each in {data['rounds']} alternating blocks; median and fastest step "
+        f"(`python benchmarks/bench_detection_losses.py`). "
         f"torchvision {env.get('torchvision')}. " + _env_line(env),
         "",
-        "| model | anchors per image | torchvision (ms) | focalkit (ms) | speed-up "
-        "| torchvision peak (MiB) | focalkit peak (MiB) | memory vs torchvision | max rel. diff |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | anchors per image | torchvision median (ms) | focalkit median (ms) "
+        "| speed-up (medians) | speed-up (fastest steps) | torchvision peak (MiB) "
+        "| focalkit peak (MiB) | memory vs torchvision | max rel. diff |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in data["rows"]:
         tv, fk = row["torchvision_peak_bytes"], row["focalkit_peak_bytes"]
         lines.append(
             f"| {row['model']} | {row['anchors_per_image']:,} | {row['torchvision_ms']:.1f} | "
             f"{row['focalkit_ms']:.1f} | {row['speedup']:.2f}x | "
+            f"{row['speedup_fastest']:.2f}x | "
             f"{_opt(None if tv is None else tv / 2**20, '.1f')} | "
             f"{_opt(None if fk is None else fk / 2**20, '.1f')} | "
             f"{_opt(row['memory_ratio'], '.2f')} | {row['max_rel_diff']:.1e} |"
