@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import focalkit as fk
@@ -21,8 +21,7 @@ from _ghm_box_refs import (
     random_boxes,
     torch_ciou_v,
 )
-
-SETTINGS = settings(max_examples=50, deadline=None)
+from conftest import HYP, make_gen
 
 LOSSES = {
     "iou": fk.iou_loss,
@@ -42,10 +41,6 @@ MODULES = {
     "eiou": fk.EIoULoss,
     "focal_eiou": fk.FocalEIoULoss,
 }
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,7 +87,7 @@ def test_focal_l1_spec_check_values():
 
 @pytest.mark.parametrize("kind", list(LOSSES))
 def test_matches_pure_python_reference_values_and_gradients(kind):
-    gen = _gen(hash(kind) % 1000)
+    gen = make_gen(hash(kind) % 1000)
     pred = random_boxes(24, gen)
     target = random_boxes(24, gen)
     pred[:4] = target[:4] + 0.3  # some strongly overlapping pairs
@@ -114,7 +109,7 @@ def test_matches_pure_python_reference_values_and_gradients(kind):
 
 @pytest.mark.parametrize("kind", list(LOSSES))
 def test_float32_matches_float64(kind):
-    gen = _gen(3)
+    gen = make_gen(3)
     pred, target = random_boxes(200, gen), random_boxes(200, gen)
     a = LOSSES[kind](pred.float(), target.float(), reduction="none")
     b = LOSSES[kind](pred, target, reduction="none")
@@ -176,7 +171,7 @@ def test_finite_values_and_gradients_for_degenerate_boxes(kind, dtype):
 
 @pytest.mark.parametrize("kind", list(LOSSES))
 def test_half_inputs_are_computed_in_float32(kind):
-    gen = _gen(5)
+    gen = make_gen(5)
     pred, target = (
         random_boxes(50, gen, dtype=torch.float32),
         random_boxes(50, gen, dtype=torch.float32),
@@ -203,7 +198,7 @@ def test_autocast_returns_float32():
 
 @pytest.mark.parametrize("fmt", ["xywh", "cxcywh"])
 def test_box_format_equals_converted_xyxy(fmt):
-    gen = _gen(8)
+    gen = make_gen(8)
     pred, target = random_boxes(10, gen), random_boxes(10, gen)
     for kind, fn in LOSSES.items():
         a = fn(
@@ -228,7 +223,7 @@ def test_box_convert_values():
 
 @pytest.mark.parametrize("kind", list(LOSSES))
 def test_reductions_weight_normalizer(kind):
-    gen = _gen(9)
+    gen = make_gen(9)
     pred, target = random_boxes(12, gen).reshape(3, 4, 4), random_boxes(12, gen).reshape(3, 4, 4)
     fn = LOSSES[kind]
     none = fn(pred, target, reduction="none")
@@ -261,7 +256,7 @@ def test_empty_input_gives_connected_zero(kind):
 
 @pytest.mark.parametrize("kind", list(LOSSES))
 def test_module_equals_function(kind):
-    gen = _gen(10)
+    gen = make_gen(10)
     pred, target = random_boxes(7, gen), random_boxes(7, gen)
     weight = torch.rand(7, generator=gen, dtype=torch.float64)
     for reduction in ("mean", "sum", "none"):
@@ -279,7 +274,7 @@ def test_module_equals_function(kind):
 
 
 def test_focal_l1_module_equals_function():
-    gen = _gen(11)
+    gen = make_gen(11)
     pred, target = torch.randn(9, 4, generator=gen), torch.randn(9, 4, generator=gen)
     for reduction in ("mean", "sum", "none"):
         torch.testing.assert_close(
@@ -348,7 +343,7 @@ def test_gradcheck_float64(kind):
     """gradcheck in float64. The detached factors are frozen at the base point so that the
     numerical derivative differentiates the same function autograd does: Focal-EIoU is
     multiplied by ``IoU0^gamma / IoU^gamma`` (detached), CIoU gets ``(a0 - a) v`` added."""
-    gen = _gen(12)
+    gen = make_gen(12)
     target = random_boxes(5, gen)
     pred = (target + torch.rand(5, 4, generator=gen, dtype=torch.float64) - 0.5).requires_grad_(
         True
@@ -398,7 +393,7 @@ def test_box_losses_compile_fullgraph_and_match_eager():
         return torch.stack(losses)
 
     compiled = torch.compile(everything, fullgraph=True)
-    gen = _gen(13)
+    gen = make_gen(13)
     pred, target = (
         random_boxes(16, gen, dtype=torch.float32),
         random_boxes(16, gen, dtype=torch.float32),
@@ -427,7 +422,7 @@ proper_box = st.tuples(coord, coord, st.floats(0.5, 50), st.floats(0.5, 50)).map
 )
 
 
-@SETTINGS
+@HYP
 @given(proper_box, box)
 def test_identical_boxes_give_zero_and_every_loss_is_finite(b, other):
     """Every IoU loss is 0 for identical boxes, and finite with finite gradients everywhere."""
@@ -440,7 +435,7 @@ def test_identical_boxes_give_zero_and_every_loss_is_finite(b, other):
         assert torch.isfinite(loss) and torch.isfinite(x.grad).all(), kind
 
 
-@SETTINGS
+@HYP
 @given(box, box)
 def test_focal_eiou_with_gamma_zero_equals_eiou(b1, b2):
     """Focal-EIoU with gamma = 0 is EIoU (IoU^0 = 1, also at IoU = 0)."""
@@ -448,7 +443,7 @@ def test_focal_eiou_with_gamma_zero_equals_eiou(b1, b2):
     assert fk.focal_eiou_loss(p, t, gamma=0.0).item() == fk.eiou_loss(p, t).item()
 
 
-@SETTINGS
+@HYP
 @given(box, box, st.floats(-50, 50), st.floats(-50, 50))
 def test_losses_are_invariant_to_translating_both_boxes(b1, b2, dx, dy):
     """Translating both boxes by the same vector leaves every loss unchanged."""
@@ -459,7 +454,7 @@ def test_losses_are_invariant_to_translating_both_boxes(b1, b2, dx, dy):
         assert abs(a - b) < 1e-6 * max(1.0, abs(a)), kind
 
 
-@SETTINGS
+@HYP
 @given(proper_box, proper_box, st.floats(0.1, 10))
 def test_iou_family_is_scale_invariant(b1, b2, scale):
     """Scaling both boxes by the same factor leaves IoU, GIoU, DIoU, CIoU, EIoU unchanged
@@ -471,7 +466,7 @@ def test_iou_family_is_scale_invariant(b1, b2, scale):
         assert abs(a - b) < 1e-6, kind
 
 
-@SETTINGS
+@HYP
 @given(box, box)
 def test_giou_and_diou_losses_lie_in_zero_two(b1, b2):
     """L_GIoU and L_DIoU lie in [0, 2); L_IoU in [0, 1]; CIoU, EIoU >= 0."""
@@ -483,7 +478,7 @@ def test_giou_and_diou_losses_lie_in_zero_two(b1, b2):
     assert fk.ciou_loss(p, t).item() >= -1e-9 and fk.eiou_loss(p, t).item() >= -1e-9
 
 
-@SETTINGS
+@HYP
 @given(box, box)
 def test_penalty_terms_order_the_losses(b1, b2):
     """DIoU, CIoU and EIoU add non-negative penalties to 1 - IoU; Focal-EIoU <= EIoU."""
@@ -496,7 +491,7 @@ def test_penalty_terms_order_the_losses(b1, b2):
     assert fk.focal_eiou_loss(p, t).item() <= fk.eiou_loss(p, t).item() + 1e-12
 
 
-@SETTINGS
+@HYP
 @given(st.floats(0, 10), st.floats(0, 10), st.floats(0.1, 5), st.floats(1 / math.e, 1.0))
 def test_focal_l1_is_nondecreasing_in_the_error(x1, x2, alpha, beta):
     """FocalL1 is a non-decreasing function of |d| (its gradient magnitude is >= 0)."""
