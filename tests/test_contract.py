@@ -101,7 +101,7 @@ class Loss:
     input_name: str
     target_name: str
     dispatch: str | None  # its key in LOSS_BACKENDS; None: no backend keyword
-    weight: Callable[[Problem, torch.Generator], Tensor] | None  # a valid weight, or no weight=
+    weight: Callable[[Problem, int], Tensor] | None  # weight(problem, draw), or no weight=
     bad_shapes: tuple[BadShape, ...]
     reduction: bool = True
     normalizer: bool = True
@@ -145,8 +145,18 @@ def _bad(label: str, name: str, shape: Callable[[Problem], tuple[int, ...]]) -> 
     )
 
 
-def _elementwise_weight(p: Problem, gen: torch.Generator) -> Tensor:
-    return torch.rand(p.input.shape, generator=gen, dtype=torch.float64).to(p.input.dtype) + 0.5
+def _positive(shape: tuple[int, ...], draw: int, dtype: torch.dtype) -> Tensor:
+    """Values in [0.5, 1.5) of ``shape``, different for each ``draw``."""
+    gen = make_gen(1000 + draw)
+    return torch.rand(shape, generator=gen, dtype=torch.float64).to(dtype) + 0.5
+
+
+def _elementwise_weight(p: Problem, draw: int) -> Tensor:
+    """A weight that broadcasts to the input's shape: the full shape (draw 0), the last
+    dimension (draw 1) or all but the last (draw 2, a trailing 1)."""
+    shape = tuple(p.input.shape)
+    shapes = [shape, shape[-1:], (*shape[:-1], 1)]
+    return _positive(shapes[draw % 3], draw, p.input.dtype)
 
 
 # --- sigmoid focal loss ---------------------------------------------------------------------
@@ -169,11 +179,12 @@ def _sigmoid(kind: str, **hyper) -> Callable[[torch.Generator, int, torch.dtype]
 
 
 def _sigmoid_3d(gen, n, dtype):
-    """(2, n, 3) logits with (2, n) class indices (3 = background), ignore_index -1."""
+    """(2, n, 3) logits with (2, n) class indices (3 = background), ignore_index -1,
+    gamma 0.5."""
     logits = (torch.randn(2, n, C_SIGMOID, generator=gen, dtype=torch.float64) * 2).to(dtype)
     labels = sigmoid_targets("index", max(2 * n, 4), C_SIGMOID, gen)[: 2 * n].reshape(2, n)
     labels = torch.where(labels == IGNORE, -1, labels)
-    hyper = {"ignore_index": -1, "gamma": 0.5, "alpha": None}
+    hyper = {"ignore_index": -1, "gamma": 0.5, "alpha": torch.tensor(ALPHA_SIGMOID)}
     return Problem(logits, labels, (2, n, C_SIGMOID), hyper)
 
 
@@ -186,11 +197,14 @@ SIGMOID = Loss(
     fn=fk.sigmoid_focal_loss,
     module=fk.SigmoidFocalLoss,
     forms=(
-        Form("soft", _sigmoid("soft", alpha=torch.tensor(ALPHA_SIGMOID), gamma=0.5), compiled=True),
-        Form("soft-flsd53", _sigmoid("soft", alpha=None, gamma="flsd53")),
-        Form("int-dense", _sigmoid("int_dense", gamma=2.0)),
+        Form("soft", _sigmoid("soft", alpha=torch.tensor(ALPHA_SIGMOID), gamma=2.0), compiled=True),
+        Form("soft-gamma0.5", _sigmoid("soft", alpha=torch.tensor(ALPHA_SIGMOID), gamma=0.5)),
+        Form("soft-no-alpha", _sigmoid("soft", alpha=None, gamma=0.5)),
+        Form("soft-flsd53", _sigmoid("soft", alpha=ALPHA_SIGMOID, gamma="flsd53")),
+        Form("binary", _sigmoid("binary", gamma=1.0)),  # alpha: the default (0.25)
+        Form("int-dense", _sigmoid("int_dense", alpha=torch.tensor(ALPHA_SIGMOID), gamma=2.0)),
         Form("index", _sigmoid("index", alpha=ALPHA_SIGMOID, gamma=2.0), compiled=True),
-        Form("index-3d", _sigmoid_3d),
+        Form("index-3d-gamma0.5", _sigmoid_3d),
     ),
     input_name="logits",
     target_name="targets",
@@ -240,17 +254,24 @@ SOFTMAX = Loss(
     fn=fk.softmax_focal_loss,
     module=fk.SoftmaxFocalLoss,
     forms=(
+        Form("index", _softmax(lambda n: (n, C_SOFTMAX), "index", gamma=2.0), compiled=True),
         Form(
-            "index",
+            "index-gamma0.5",
             _softmax(lambda n: (n, C_SOFTMAX), "index", alpha=0.5, gamma=0.5),
-            compiled=True,
+        ),
+        Form(
+            "index-flsd53",
+            _softmax(
+                lambda n: (n, C_SOFTMAX), "index", alpha=torch.tensor(ALPHA_SOFTMAX), gamma="flsd53"
+            ),
         ),
         Form(
             "index-smoothed",
             _softmax(
                 lambda n: (n, C_SOFTMAX),
                 "index",
-                alpha=torch.tensor(ALPHA_SOFTMAX),
+                ignore_index=-1,
+                alpha=0.5,
                 gamma=2.0,
                 label_smoothing=0.1,
             ),
@@ -258,17 +279,22 @@ SOFTMAX = Loss(
         ),
         Form(
             "prob",
-            _softmax(lambda n: (n, C_SOFTMAX), "prob", gamma=2.0, label_smoothing=0.1),
+            _softmax(lambda n: (n, C_SOFTMAX), "prob", gamma=2.0),
+            refused_by=LABEL_SMOOTHING,
+        ),
+        Form(
+            "prob-gamma0.5",
+            _softmax(lambda n: (n, C_SOFTMAX), "prob", alpha=0.5, gamma=0.5),
+            refused_by=LABEL_SMOOTHING,
+        ),
+        Form(
+            "prob-smoothed",
+            _softmax(lambda n: (n, C_SOFTMAX), "prob", alpha=0.5, gamma=2.0, label_smoothing=0.1),
             compiled=True,
             refused_by=LABEL_SMOOTHING,
         ),
         Form(
-            "prob-plain",
-            _softmax(lambda n: (n, C_SOFTMAX), "prob", alpha=None, gamma=0.5),
-            refused_by=LABEL_SMOOTHING,
-        ),
-        Form(
-            "spatial",
+            "spatial-smoothed",
             _softmax(
                 lambda n: (2, C_SOFTMAX, (n + 1) // 2),
                 "index",
@@ -280,17 +306,15 @@ SOFTMAX = Loss(
             refused_by=LABEL_SMOOTHING,
         ),
         Form(
-            "single",
-            _softmax(lambda n: (C_SOFTMAX,), "index", alpha=ALPHA_SOFTMAX, gamma="flsd53"),
+            "single-flsd53",
+            _softmax(lambda n: (C_SOFTMAX,), "index", alpha=0.5, gamma="flsd53"),
             empty=False,
         ),
     ),
     input_name="logits",
     target_name="targets",
     dispatch="softmax_focal_loss",
-    weight=lambda p, gen: (
-        torch.rand(C_SOFTMAX, generator=gen, dtype=torch.float64).to(p.input.dtype) + 0.5
-    ),
+    weight=lambda p, draw: _positive((C_SOFTMAX,), draw, p.input.dtype),
     bad_shapes=(
         BadShape(
             "targets-index-length",
@@ -356,7 +380,7 @@ GHM_C = Loss(
     module=fk.GHMCLoss,
     forms=(
         Form("binary-valid", _ghm_c("binary", valid=True, bins=5)),
-        Form("soft", _ghm_c("soft", bins=10)),
+        Form("soft", _ghm_c("soft", bins=5)),
         Form("index", _ghm_c("index", bins=30), compiled=True),
         Form("int-dense-valid", _ghm_c("int-dense", valid=True, bins=7)),
     ),
@@ -393,11 +417,16 @@ def _ghm_r(shape: Callable[[int], tuple[int, ...]], spread: float, zero_target: 
     return build
 
 
-def _label_weight(p: Problem, gen: torch.Generator) -> Tensor:
-    """GHM-R label weights: fractional, a fifth of them 0 (those count in no bin)."""
-    keep = torch.rand(p.input.shape, generator=gen) < 0.8
-    w = torch.rand(p.input.shape, generator=gen, dtype=torch.float64) + 0.5
-    return (w * keep).to(p.input.dtype)
+def _label_weight(p: Problem, draw: int) -> Tensor:
+    """GHM-R label weights, about a fifth of them 0 (those count in no bin): 0/1 per row
+    (shape (n, 1), draw 0), or fractional of the input's shape."""
+    shape = tuple(p.input.shape)
+    if draw % 2 == 0 and len(shape) > 1:
+        shape = (*shape[:-1], 1)
+    keep = torch.rand(shape, generator=make_gen(2000 + draw)) < 0.8
+    if draw % 2 == 0:
+        return keep.to(p.input.dtype)
+    return (_positive(shape, draw, torch.float64) * keep).to(p.input.dtype)
 
 
 GHM_R = Loss(
@@ -516,9 +545,7 @@ def _box_loss(fn, module, forms=(), freeze=None, compile_batched=False) -> Loss:
         input_name="pred_boxes",
         target_name="target_boxes",
         dispatch="box_loss",
-        weight=lambda p, gen: (
-            torch.rand(p.none_shape, generator=gen, dtype=torch.float64).to(p.input.dtype) + 0.5
-        ),
+        weight=lambda p, draw: _positive(p.none_shape, draw, p.input.dtype),
         bad_shapes=(
             BadShape(
                 "pred_boxes-shape",
@@ -634,7 +661,7 @@ def problem(loss: Loss, form: Form, n: int = 5, dtype: torch.dtype = torch.float
 
 def weight_of(loss: Loss, p: Problem, draw: int = 0) -> Tensor:
     """A valid ``weight`` for ``p`` (a different one per ``draw``)."""
-    return loss.weight(p, make_gen(1000 + draw))
+    return loss.weight(p, draw)
 
 
 def weights(loss: Loss, p: Problem) -> list[dict]:
@@ -685,6 +712,17 @@ def variant_cases(when: Callable[[Loss, Form], bool] = lambda loss, form: True) 
         for variant in loss.variants()
         if when(loss, form)
     ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_intra_op_thread():
+    """The problems are tiny: one intra-op thread. (With more, an op that opens a parallel
+    region, softmax for one, can wait milliseconds for a descheduled thread on a busy
+    machine, e.g. two xdist workers on two cores.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -785,26 +823,31 @@ def test_module_equals_function(name, form, variant):
 
 
 @pytest.mark.parametrize(
-    ("name", "form"), form_cases(lambda loss, form: loss.weight is not None or loss.normalizer)
+    ("name", "form", "variant"),
+    variant_cases(lambda loss, form: loss.weight is not None or loss.normalizer),
 )
-def test_module_call_arguments_override_the_constructor(name, form):
-    """forward(..., weight=, normalizer=) replaces the constructor's for that call (each one
-    alone, and both)."""
+def test_module_call_arguments_override_the_constructor(name, form, variant):
+    """forward(..., weight=) replaces the constructor's weight for that call, for every
+    reduction; with "mean", forward(..., normalizer=) replaces the constructor's normalizer
+    (each one alone, and both)."""
     loss, f = lookup(name, form)
     p = problem(loss, f)
-    mean = {"reduction": "mean"} if loss.reduction else {}
+    vkw = dict(loss.variants()[variant])
     ctor, per_call = {}, {}
     if loss.weight is not None:
         ctor["weight"], per_call["weight"] = weight_of(loss, p, 1), weight_of(loss, p, 2)
-    if loss.normalizer:
-        ctor["normalizer"], per_call["normalizer"] = 2.0, torch.tensor(5.0)
-    module = module_of(loss, p, mean, ctor)
-    overrides = [{k: v} for k, v in per_call.items()] + [per_call]
+    if loss.normalizer and vkw.get("reduction") == "mean":
+        ctor["normalizer"] = vkw.pop("normalizer", 2.0)
+        per_call["normalizer"] = torch.tensor(5.0)
+    module = module_of(loss, p, vkw, ctor)
+    overrides = [{k: v} for k, v in per_call.items()]
+    if len(per_call) > 1:
+        overrides.append(per_call)
     for override in overrides:
         got = value_and_grad(
             lambda x, t, o=override: module(x, t, **p.call, **o), p.input, p.target
         )
-        expected = value_and_grad(loss.fn, p.input, p.target, **call_kw(p, mean, ctor, override))
+        expected = value_and_grad(loss.fn, p.input, p.target, **call_kw(p, vkw, ctor, override))
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
@@ -913,12 +956,11 @@ def test_module_to_moves_tensor_hyperparameters(name, hyper, dest):
 
 @pytest.mark.parametrize(("name", "form", "variant"), variant_cases())
 def test_gradcheck_float64(name, form, variant):
-    """float64 gradcheck of the input (and with a weight, for the first reduction: "none")."""
+    """float64 gradcheck of the input, without and with a weight."""
     loss, f = lookup(name, form)
     p = problem(loss, f, dtype=torch.float64)
     vkw = loss.variants()[variant]
-    first = variant == next(iter(loss.variants()))
-    for wkw in weights(loss, p) if first else [{}]:
+    for wkw in weights(loss, p):
         fn = frozen(loss, p, call_kw(p, vkw, wkw))
         x = p.input.clone().requires_grad_(True)
         assert torch.autograd.gradcheck(fn, (x,), **GRADCHECK)

@@ -1,5 +1,8 @@
 """Softmax focal loss and its Module: float64 reference (``_focal_refs``), F.cross_entropy
-equivalence at gamma = 0, numerics, compile, properties and argument checks."""
+equivalence at gamma = 0, numerics, properties, gamma="auto" and the argument checks of its
+own. What every loss shares (shapes, Module == function, gradcheck, double backward, empty
+inputs, torch.compile, autocast, retained graphs, CPU backends, generic argument errors) is
+checked once for all of them in ``test_contract.py``."""
 
 from __future__ import annotations
 
@@ -20,10 +23,8 @@ from conftest import (
     HYP,
     IGNORE,
     REDUCTIONS,
-    assert_autocast_float32,
     assert_close_as,
     assert_raises,
-    assert_retained_graph_backward,
     focal_alpha,
     make_gen,
     softmax_problem,
@@ -187,16 +188,6 @@ def test_cpu_chunks_match_reference(monkeypatch, weighted, alpha_kind, gamma):
         assert_close_as(got_g, exp_g, F32)
 
 
-@pytest.mark.parametrize("form", ["index", "prob"])
-def test_second_backward_through_retained_graph(form):
-    gen = make_gen(43)
-    logits, targets = softmax_problem((9, 5), form, gen)
-    _, ref_grad = _ref_value_and_grad(logits, targets, gamma=2.0, reduction="sum")
-    assert_retained_graph_backward(
-        fk.softmax_focal_loss, logits, targets, ref_grad, gamma=2.0, reduction="sum"
-    )
-
-
 def test_non_contiguous_logits():
     gen = make_gen(127)
     base = torch.randn(5, 8, generator=gen) * 2
@@ -211,7 +202,7 @@ def test_non_contiguous_logits():
 
 
 # ------------------------------------------------------------------------------------------
-# 3. extreme logits, low precision, autocast
+# 3. extreme logits and low precision
 # ------------------------------------------------------------------------------------------
 
 EXTREME_LOGITS = [
@@ -287,121 +278,9 @@ def test_low_precision_close_to_float32(gamma, form, dtype, rtol, atol, reductio
     torch.testing.assert_close(glo.float(), ghi, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("logit_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("form", ["index", "prob"])
-def test_autocast_bfloat16_returns_float32(form, logit_dtype):
-    gen = make_gen(137)
-    logits, targets = softmax_problem((6, 4), form, gen, dtype=logit_dtype)
-    t32 = targets.float() if form == "prob" else targets
-    assert_autocast_float32(fk.softmax_focal_loss, logits, targets, t32)
-
-
 # ------------------------------------------------------------------------------------------
-# 4. gradcheck
+# 4. all-ignored batches
 # ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("shape", "form", "gamma", "ls", "reduction"),
-    [
-        ((5, 4), "index", 0.5, 0.0, "mean"),
-        ((5, 4), "index", 2.0, 0.1, "none"),
-        ((5, 4), "prob", 2.0, 0.1, "mean"),
-        ((5, 4), "prob", 0.5, 0.0, "sum"),
-        ((2, 3, 4), "index", 2.0, 0.2, "mean"),
-        ((4,), "index", "flsd53", 0.0, "sum"),
-    ],
-)
-def test_gradcheck(shape, form, gamma, ls, reduction):
-    gen = make_gen(139)
-    logits, targets = softmax_problem(shape, form, gen, dtype=torch.float64)
-    C = shape[0] if len(shape) == 1 else shape[1]
-    weight = torch.linspace(0.5, 1.5, C, dtype=torch.float64)
-    x = logits.clone().requires_grad_(True)
-
-    def f(x):
-        return fk.softmax_focal_loss(
-            x,
-            targets,
-            gamma=gamma,
-            weight=weight,
-            label_smoothing=ls,
-            reduction=reduction,
-            alpha=0.5,
-        )
-
-    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
-
-
-def test_double_backward_not_silently_wrong():
-    """create_graph=True gives the true second derivative or raises; never a detached grad."""
-    x = torch.tensor([[0.3, -1.0, 2.0]], requires_grad=True)
-    t = torch.tensor([1])
-    try:
-        (g,) = torch.autograd.grad(fk.softmax_focal_loss(x, t), x, create_graph=True)
-    except RuntimeError as e:
-        assert "differentiat" in str(e) or "double backward" in str(e), e
-        return
-    assert g.requires_grad, "first derivative built with create_graph=True is detached"
-    (h,) = torch.autograd.grad((g * torch.tensor([[1.0, 2.0, 3.0]])).sum(), x)
-    xr = x.detach().double().requires_grad_(True)
-    (gr,) = torch.autograd.grad(softmax_focal_ref(xr, t), xr, create_graph=True)
-    (hr,) = torch.autograd.grad((gr * torch.tensor([[1.0, 2.0, 3.0]])).sum(), xr)
-    torch.testing.assert_close(h.double(), hr, rtol=1e-4, atol=1e-6)
-
-
-# ------------------------------------------------------------------------------------------
-# 5. torch.compile
-# ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("form", "ls"), [("index", 0.0), ("prob", 0.1)])
-def test_torch_compile_matches_eager(form, ls):
-    torch._dynamo.reset()
-    gen = make_gen(149)
-    logits, targets = softmax_problem((6, 4), form, gen)
-    kw = {"gamma": 2.0, "weight": torch.tensor([1.0, 2.0, 0.5, 1.0]), "label_smoothing": ls}
-    compiled = torch.compile(fk.softmax_focal_loss, fullgraph=True)
-    a, ga = value_and_grad(compiled, logits, targets, **kw)
-    b, gb = value_and_grad(fk.softmax_focal_loss, logits, targets, **kw)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
-    torch._dynamo.reset()
-
-
-# ------------------------------------------------------------------------------------------
-# 6. empty inputs and all-ignored batches
-# ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("form", ["index", "prob"])
-def test_empty_input_scalar_connected_to_graph(form, reduction):
-    x = torch.zeros(0, 4, requires_grad=True)
-    targets = torch.zeros(0, dtype=torch.long) if form == "index" else torch.zeros(0, 4)
-    loss = fk.softmax_focal_loss(x, targets, reduction=reduction)
-    assert loss.shape == () and loss.item() == 0.0
-    assert loss.requires_grad
-    loss.backward()
-    assert x.grad is not None and x.grad.shape == (0, 4)
-
-
-@pytest.mark.parametrize("form", ["index", "prob"])
-def test_empty_input_none_reduction(form):
-    x = torch.zeros(0, 4, requires_grad=True)
-    targets = torch.zeros(0, dtype=torch.long) if form == "index" else torch.zeros(0, 4)
-    loss = fk.softmax_focal_loss(x, targets, reduction="none")
-    assert loss.shape == (0,)
-    loss.sum().backward()
-    assert x.grad.shape == (0, 4)
-
-
-def test_empty_spatial_input():
-    x = torch.zeros(2, 3, 0, requires_grad=True)
-    loss = fk.softmax_focal_loss(x, torch.zeros(2, 0, dtype=torch.long))
-    assert loss.item() == 0.0
-    loss.backward()
-    assert x.grad.shape == (2, 3, 0)
 
 
 @pytest.mark.parametrize("shape", [(3, 4), (4,), (2, 4, 3)])
@@ -421,7 +300,7 @@ def test_all_ignored_mean_is_zero_with_zero_grads(shape, ls, weight):
 
 
 # ------------------------------------------------------------------------------------------
-# 7. gamma = 0, alpha = None is F.cross_entropy, for every option
+# 5. gamma = 0, alpha = None is F.cross_entropy, for every option
 # ------------------------------------------------------------------------------------------
 
 _CE_CASES = [
@@ -471,7 +350,7 @@ def test_gamma_zero_equals_cross_entropy_float32(form):
 
 
 # ------------------------------------------------------------------------------------------
-# 8. properties
+# 6. properties
 # ------------------------------------------------------------------------------------------
 
 _row = st.lists(st.floats(-20, 20), min_size=2, max_size=6)
@@ -559,53 +438,8 @@ def test_confident_row_loss_keeps_relative_precision(gap, dtype):
 
 
 # ------------------------------------------------------------------------------------------
-# 9. Module
+# 7. Module: gamma="auto"
 # ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "kw",
-    [
-        {},
-        {"alpha": 0.5, "gamma": 0.5, "reduction": "sum"},
-        {"alpha": torch.tensor([0.2, 0.4, 0.6, 0.8]), "gamma": "flsd53", "reduction": "none"},
-        {"weight": torch.tensor([1.0, 2.0, 0.5, 1.0]), "label_smoothing": 0.1, "ignore_index": -1},
-        {"gamma": 1.0, "normalizer": 3.0},
-    ],
-)
-@pytest.mark.parametrize("form", ["index", "prob"])
-def test_module_equals_function(kw, form):
-    gen = make_gen(163)
-    logits, targets = softmax_problem((6, 4), form, gen)
-    if form == "index":
-        targets[targets == IGNORE] = 0
-        targets[2] = kw.get("ignore_index", IGNORE)
-    module = fk.SoftmaxFocalLoss(**kw)
-    a, ga = value_and_grad(module, logits, targets)
-    b, gb = value_and_grad(fk.softmax_focal_loss, logits, targets, **kw)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    torch.testing.assert_close(ga, gb, rtol=0, atol=0)
-
-
-def test_module_forward_normalizer_override():
-    gen = make_gen(167)
-    logits, targets = softmax_problem((6, 4), "index", gen)
-    module = fk.SoftmaxFocalLoss(normalizer=2.0)
-    got = module(logits, targets, normalizer=5.0)
-    torch.testing.assert_close(got, fk.softmax_focal_loss(logits, targets, normalizer=5.0))
-
-
-def test_module_weight_follows_module_to():
-    """The per-class weight is a buffer: it is in state_dict and follows .to(dtype)."""
-    module = fk.SoftmaxFocalLoss(weight=torch.tensor([1.0, 2.0, 0.5]))
-    assert "weight" in module.state_dict()
-    module = module.double()
-    x = torch.randn(4, 3, dtype=torch.float64)
-    t = torch.tensor([0, 1, 2, 1])
-    expected = fk.softmax_focal_loss(
-        x, t, weight=torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
-    )
-    torch.testing.assert_close(module(x, t), expected)
 
 
 def _softmax_batch_pt(x, targets):
@@ -658,22 +492,8 @@ def test_module_auto_gamma(shape, form):
 
 
 # ------------------------------------------------------------------------------------------
-# 10. bad input
+# 8. bad input specific to the softmax focal loss
 # ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "targets",
-    [torch.zeros(4, dtype=torch.long), torch.zeros(3, 1, dtype=torch.long), torch.rand(3, 5)],
-    ids=["index-len", "index-rank", "prob-shape"],
-)
-def test_bad_targets_shape(targets):
-    assert_raises(ValueError, "targets", fk.softmax_focal_loss, torch.randn(3, 4), targets)
-
-
-def test_bad_targets_float_index_shape():
-    """Float targets of the index shape are neither form."""
-    assert_raises(ValueError, "targets", fk.softmax_focal_loss, torch.randn(3, 4), torch.zeros(3))
 
 
 @pytest.mark.parametrize("bad", [4, -1, 99])
@@ -732,52 +552,6 @@ def test_unknown_gamma_string(gamma):
 
 def test_unknown_gamma_string_module():
     assert_raises(ValueError, "gamma", fk.SoftmaxFocalLoss, gamma="Auto")
-
-
-def test_unknown_reduction():
-    assert_raises(
-        ValueError,
-        "reduction",
-        fk.softmax_focal_loss,
-        torch.randn(2, 3),
-        torch.tensor([0, 1]),
-        reduction="batchmean",
-    )
-
-
-@pytest.mark.parametrize("reduction", ["sum", "none"])
-def test_normalizer_with_non_mean_reduction(reduction):
-    assert_raises(
-        ValueError,
-        "normalizer",
-        fk.softmax_focal_loss,
-        torch.randn(2, 3),
-        torch.tensor([0, 1]),
-        reduction=reduction,
-        normalizer=torch.tensor(3.0),
-    )
-
-
-def test_integer_logits():
-    assert_raises(
-        TypeError,
-        "logits",
-        fk.softmax_focal_loss,
-        torch.ones(2, 3, dtype=torch.long),
-        torch.tensor([0, 1]),
-    )
-
-
-@pytest.mark.parametrize("shape", [(2,), (4,), (1, 3), (2, 3)])
-def test_bad_weight_shape(shape):
-    assert_raises(
-        ValueError,
-        "weight",
-        fk.softmax_focal_loss,
-        torch.randn(2, 3),
-        torch.tensor([0, 1]),
-        weight=torch.ones(shape),
-    )
 
 
 @pytest.mark.parametrize("ls", [-0.1, 1.5])
