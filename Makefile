@@ -29,7 +29,7 @@ lint: $(BIN)/.focalkit-installed
 	$(BIN)/mypy src/focalkit
 
 test: lint
-	$(BIN)/python -m pytest -q -n 2 tests --doctest-modules src/focalkit/functional src/focalkit/nn src/focalkit/distributed.py $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 tests $(ARGS)
 
 bench: $(BIN)/.focalkit-installed
 	$(BIN)/python benchmarks/bench_focal_cpu.py --json benchmarks/results/focal_cpu.json
