@@ -877,12 +877,6 @@ TENSOR_HYPERS: dict[str, tuple[str, Callable[[Loss, Problem], dict]]] = {
     "gamma-tensor": ("gamma", lambda loss, p: {"gamma": torch.tensor(1.5)}),
     "state": ("bin_count_ema", lambda loss, p: {}),  # the GHM Modules' EMA of the counts
 }
-GAMMA_NOT_A_BUFFER = pytest.mark.xfail(
-    strict=True,
-    reason="src defect: a tensor gamma is stored as a plain attribute of SigmoidFocalLoss / "
-    "SoftmaxFocalLoss (nn/focal.py: self.gamma = check_gamma(gamma)), not a buffer, so it "
-    "does not follow .to(dtype) / .to(device)",
-)
 
 
 def _to_cases() -> list:
@@ -890,7 +884,7 @@ def _to_cases() -> list:
     for loss in LOSSES:
         for hyper in loss.tensor_hypers:
             for dest in ("float64", "meta", "cuda"):
-                marks = [GAMMA_NOT_A_BUFFER] if hyper == "gamma-tensor" else []
+                marks = []
                 if dest == "cuda":
                     marks.append(
                         pytest.mark.skipif(
