@@ -23,8 +23,8 @@ the compute dtype:
 * factors that are constants in backward (computed under no-grad): CIoU's trade-off ``a``,
   Focal-EIoU's ``IoU^gamma``, Wise-IoU's enclosing diagonal in ``R``.
 
-``eps`` is added as in SPEC section 4: ``inter / (union + eps)`` and ``+ eps`` in every other
-denominator (SIoU's ``(dx / (C_w + eps))^2``, ``|w - w_g| / (max(w, w_g) + eps)``,
+``eps`` is added as in every focalkit box loss: ``inter / (union + eps)`` and ``+ eps`` in
+every other denominator (SIoU's ``(dx / (C_w + eps))^2``, ``|w - w_g| / (max(w, w_g) + eps)``,
 ``2 |dx| |dy| / (dx^2 + dy^2 + eps)``), so identical, disjoint and zero-area boxes give finite
 values and gradients. MPDIoU divides by ``W^2 + H^2 > 0`` (no eps).
 """

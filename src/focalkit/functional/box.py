@@ -571,6 +571,7 @@ def focal_eiou_loss(
     )
 
 
+_ALPHA_MODIFIER_ARGS = _POWER_ARG + _MODIFIER_ARGS.lstrip("\n")
 _CIOU_ARGS = """
         aspect_gate: False (default): the paper's trade-off ``a`` at every IoU. True: the CIoU
             authors' later code / mmdetection: ``a = 0`` where ``IoU <= 0.5`` and the loss
@@ -582,10 +583,10 @@ _FOCAL_EIOU_ARGS = """
 _IOU_ARGS = """
         mode: ``"linear"`` (``1 - IoU``, default) or ``"log"`` (``-log max(IoU, eps)``).
 """
-iou_loss.__doc__ = _doc(iou_loss.__doc__, _IOU_ARGS, _POWER_ARG + _MODIFIER_ARGS)
-giou_loss.__doc__ = _doc(giou_loss.__doc__, "", _POWER_ARG + _MODIFIER_ARGS)
-diou_loss.__doc__ = _doc(diou_loss.__doc__, "", _POWER_ARG + _MODIFIER_ARGS)
-ciou_loss.__doc__ = _doc(ciou_loss.__doc__, _CIOU_ARGS, _POWER_ARG + _MODIFIER_ARGS)
+iou_loss.__doc__ = _doc(iou_loss.__doc__, _IOU_ARGS, _ALPHA_MODIFIER_ARGS)
+giou_loss.__doc__ = _doc(giou_loss.__doc__, "", _ALPHA_MODIFIER_ARGS)
+diou_loss.__doc__ = _doc(diou_loss.__doc__, "", _ALPHA_MODIFIER_ARGS)
+ciou_loss.__doc__ = _doc(ciou_loss.__doc__, _CIOU_ARGS, _ALPHA_MODIFIER_ARGS)
 eiou_loss.__doc__ = _doc(eiou_loss.__doc__)
 focal_eiou_loss.__doc__ = _doc(focal_eiou_loss.__doc__, _FOCAL_EIOU_ARGS)
 
