@@ -34,6 +34,7 @@ test: lint
 bench: $(BIN)/.focalkit-installed
 	$(BIN)/python benchmarks/bench_focal_cpu.py --json benchmarks/results/focal_cpu.json
 	$(BIN)/python benchmarks/bench_ghm_box.py --json benchmarks/results/ghm_box_cpu.json
+	$(BIN)/python benchmarks/bench_iou_family.py --threads 1 --json benchmarks/results/iou_family_cpu.json
 	$(BIN)/python benchmarks/render_readme.py
 
 # clean: what set-up, builds and test runs leave behind (the egg-info of `pip install -e .`

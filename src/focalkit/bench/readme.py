@@ -15,7 +15,7 @@ from pathlib import Path
 
 from focalkit.demo.records import atomic_write_bytes
 
-__all__ = ["focal_table", "ghm_box_table", "main", "render", "suite_table"]
+__all__ = ["focal_table", "ghm_box_table", "iou_family_table", "main", "render", "suite_table"]
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
@@ -69,6 +69,28 @@ def ghm_box_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def iou_family_table(data: dict) -> str:
+    rows = data["rows"]
+    backends = sorted({row["focalkit_backend"] for row in rows})
+    lines = [
+        "The IoU losses of YOLO-style detectors, forward + backward, against the plain eager "
+        "formula and against the `bbox_iou` function YOLO forks copy (one flag per loss, "
+        "Wise-IoU's running mean read back with `.item()` every call) "
+        f"(`python benchmarks/bench_iou_family.py`); focalkit backend: {', '.join(backends)}. "
+        + _env_line(data["environment"]),
+        "",
+        "| loss | boxes | plain (ms) | `bbox_iou` (ms) | focalkit (ms) | vs plain | vs `bbox_iou` |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['name']} | {row['size']:,} | {row['plain_ms']:.2f} | "
+            f"{row['bbox_iou_ms']:.2f} | {row['focalkit_ms']:.2f} | "
+            f"{row['ratio_vs_plain']:.2f}x | {row['ratio_vs_bbox_iou']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def _opt(value, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
@@ -110,8 +132,12 @@ def suite_table(data: dict) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"focal_cpu.json": focal_table, "ghm_box_cpu.json": ghm_box_table}
-# rendered only when present (``focalkit bench``), after the two tables above
+RENDERERS = {
+    "focal_cpu.json": focal_table,
+    "ghm_box_cpu.json": ghm_box_table,
+    "iou_family_cpu.json": iou_family_table,
+}
+# rendered only when present (``focalkit bench``), after the tables above
 OPTIONAL_RENDERERS = {"suite-cpu-cpu-small.json": suite_table, "suite-cuda-gpu.json": suite_table}
 
 
