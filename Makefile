@@ -40,7 +40,7 @@ lint: $(BIN)/.focalkit-installed
 	$(BIN)/mypy src/focalkit
 
 test: lint
-	$(BIN)/python -m pytest -q -n 2 tests --doctest-modules src/focalkit/functional src/focalkit/nn src/focalkit/distributed.py $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 tests $(ARGS)
 
 # test-stacks: the integration tests against the real torchvision and Ultralytics, in
 # .venv-stacks (about 6 GB, 1.5 to 3 minutes to build from the registries and disk caches).
@@ -49,7 +49,7 @@ $(STACKS_BIN)/.focalkit-installed: pyproject.toml
 	$(PYTHON) -m venv $(STACKS_VENV)
 	$(STACKS_BIN)/pip install --quiet --upgrade pip
 	$(STACKS_BIN)/pip install --quiet $(STACKS_PINS)
-	$(STACKS_BIN)/pip install --quiet -e ".[torchvision,ultralytics]" "pytest>=8" "pytest-xdist>=3"
+	$(STACKS_BIN)/pip install --quiet -e ".[torchvision,ultralytics]" "pytest>=8" "pytest-xdist>=3" "hypothesis>=6.100"
 	touch $@
 
 stacks-env: $(STACKS_BIN)/.focalkit-installed
@@ -64,6 +64,7 @@ bench-stacks: $(STACKS_BIN)/.focalkit-installed
 bench: $(BIN)/.focalkit-installed
 	$(BIN)/python benchmarks/bench_focal_cpu.py --json benchmarks/results/focal_cpu.json
 	$(BIN)/python benchmarks/bench_ghm_box.py --json benchmarks/results/ghm_box_cpu.json
+	$(BIN)/python benchmarks/bench_iou_family.py --threads 1 --json benchmarks/results/iou_family_cpu.json
 	$(BIN)/python benchmarks/render_readme.py
 
 # clean: what set-up, builds and test runs leave behind (the egg-info of `pip install -e .`

@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("matplotlib")
 
-from focalkit.bench import baselines, focal_cpu, ghm_box
+from focalkit.bench import baselines, focal_cpu, ghm_box, iou_family
 from focalkit.bench.readme import suite_table
 from focalkit.bench.suite import MIN_BYTES_FORMULAS, MODES, min_bytes
 from focalkit.cli import main
@@ -303,7 +303,11 @@ def _load(name: str):
 
 @pytest.mark.parametrize(
     ("script", "benchmark", "function"),
-    [("bench_focal_cpu", focal_cpu, "eager_focal"), ("bench_ghm_box", ghm_box, "loop_ghm_c")],
+    [
+        ("bench_focal_cpu", focal_cpu, "eager_focal"),
+        ("bench_ghm_box", ghm_box, "loop_ghm_c"),
+        ("bench_iou_family", iou_family, "yolo_iou_loss"),
+    ],
 )
 def test_benchmark_scripts_use_the_package_baselines(script, benchmark, function):
     """The scripts and `focalkit bench` time one and the same baseline function: each script
@@ -334,13 +338,14 @@ def _schema(value):
     [
         (focal_cpu, ["--numel", "16000", "--repeat", "1"], "focal_cpu.json"),
         (ghm_box, ["--repeat", "1", "--ghm-sizes", "8000", "--boxes", "100"], "ghm_box_cpu.json"),
+        (iou_family, ["--repeat", "1", "--boxes", "100"], "iou_family_cpu.json"),
     ],
 )
 def test_named_benchmarks_write_the_schema_of_the_committed_results(
     benchmark, argv, committed, tmp_path, capsys
 ):
-    """`benchmarks/bench_focal_cpu.py` and `bench_ghm_box.py` (thin callers of these) write
-    what the committed results and render_readme.py hold."""
+    """`benchmarks/bench_focal_cpu.py`, `bench_ghm_box.py` and `bench_iou_family.py` (thin
+    callers of these) write what the committed results and render_readme.py hold."""
     path = tmp_path / committed
     assert benchmark.main([*argv, "--json", str(path)]) == 0
     assert capsys.readouterr().out.strip()
@@ -348,3 +353,15 @@ def test_named_benchmarks_write_the_schema_of_the_committed_results(
     old = json.loads((ROOT / "benchmarks" / "results" / committed).read_text())
     assert set(new.pop("environment")) == set(old.pop("environment"))  # values: per machine
     assert _schema(new) == _schema(old)
+
+
+def test_iou_family_baselines_compute_the_same_losses():
+    """The benchmark's three implementations of each loss (plain formula, the YOLO forks'
+    bbox_iou, focalkit) agree on the value (the forks' eps placement aside)."""
+    doc = iou_family.measure(boxes=300, repeat=1)
+    assert [row["name"] for row in doc["rows"]] == list(iou_family.KINDS)
+    for row in doc["rows"]:
+        assert row["rel_diff_plain"] < 1e-5, row
+        assert row["rel_diff_bbox_iou"] < 1e-5, row
+        assert row["focalkit_backend"] == "torch"
+    assert "wiou_v3" in iou_family.summary(doc)

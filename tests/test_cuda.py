@@ -79,6 +79,20 @@ def build_cases(device=DEVICE, rows=ROWS, classes=C, boxes=BOXES):
     for kind in ("iou", "giou", "diou", "ciou", "eiou", "focal_eiou"):
         fn = getattr(fk, f"{kind}_loss")
         cases[kind] = (lambda p, b, fn=fn: fn(p, boxes_t.to(p.dtype), backend=b), boxes_p)
+    # the IoU losses of YOLO-style detectors and the modifiers (every new KIND of the kernel)
+    family = {
+        "siou_inner": lambda p, t, b: fk.siou_loss(p, t, inner_ratio=0.7, backend=b),
+        "wiou_v3": lambda p, t, b: fk.wiou_loss(p, t, iou_mean=0.4, backend=b),
+        "mpdiou": lambda p, t, b: fk.mpdiou_loss(p, t, image_size=(150, 160), backend=b),
+        "shape_focaler": lambda p, t, b: fk.shape_iou_loss(
+            p, t, scale=0.5, focaler=(0.0, 0.95), backend=b
+        ),
+        "alpha_ciou_gated": lambda p, t, b: fk.ciou_loss(
+            p, t, power=3.0, aspect_gate=True, backend=b
+        ),
+    }
+    for name, fn in family.items():
+        cases[name] = (lambda p, b, fn=fn: fn(p, boxes_t.to(p.dtype), b), boxes_p)
     return cases
 
 
@@ -96,6 +110,11 @@ NAMES = [
     "ciou",
     "eiou",
     "focal_eiou",
+    "siou_inner",
+    "wiou_v3",
+    "mpdiou",
+    "shape_focaler",
+    "alpha_ciou_gated",
 ]
 
 

@@ -308,7 +308,7 @@ def test_gradient_norm_histogram_and_cumulative_loss():
 
 def test_runs_and_presets():
     runs = det.detection_runs()
-    assert len(runs) == len(set(runs)) == 9
+    assert len(runs) == len(set(runs)) == 12
     assert (det.DEFAULT_CLS, det.DEFAULT_BOX) in runs
     assert {c for c, b in runs if b == det.DEFAULT_BOX} == set(det.CLS_LOSSES)
     assert {b for c, b in runs if c == det.DEFAULT_CLS} == set(det.BOX_LOSSES)
@@ -318,6 +318,20 @@ def test_runs_and_presets():
         det.detection_setting("huge")
     with pytest.raises(ValueError, match="cls_loss"):
         det.run_detection("ce", "giou", 0, quick, workdir=pathlib.Path("."))
+
+
+def test_box_criteria_of_the_iou_family():
+    """siou, inner_ciou and wiou are in the sweep; wiou's criterion holds a WIoULoss (v3) whose
+    running mean is state of the run (momentum from n t = half the steps)."""
+    import focalkit as fk
+
+    assert {"siou", "wiou", "inner_ciou"} <= set(det.BOX_LOSSES)
+    quick = det.detection_setting("quick")
+    crit = det._Criterion("focal", "wiou", quick)
+    assert isinstance(crit.wiou, fk.WIoULoss) and crit.wiou.version == 3
+    assert crit.wiou.momentum == fk.wiou_momentum(1, quick.steps // 2)
+    assert "wiou.iou_mean" in crit.state_dict()
+    assert det._Criterion("focal", "siou", quick).wiou is None
 
 
 @pytest.fixture(scope="module")

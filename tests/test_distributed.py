@@ -1,5 +1,6 @@
 """Multi-process correctness: 2 CPU ranks (gloo) fed halves of a batch against one process fed
-the whole batch, for GHM-C / GHM-R with ``sync`` on and for ``sigmoid_focal_loss`` with
+the whole batch, for GHM-C / GHM-R with ``sync`` on, for Wise-IoU's running mean
+(``WIoULoss``, sync on by default) and for ``sigmoid_focal_loss`` with
 ``normalizer=reduce_mean(num_pos)``; plus the helpers' identities without a process group.
 
 What equals what (world size W = 2, float64 so the comparisons are tight):
@@ -9,7 +10,10 @@ What equals what (world size W = 2, float64 so the comparisons are tight):
 * after DDP's averaging, the parameter gradients of a tiny linear model equal the
   single-process ones exactly (up to float rounding);
 * GHM: the per-element terms ("none") are the single-process ones, and the EMA buffers are
-  identical on every rank and equal the single-process Module's.
+  identical on every rank and equal the single-process Module's;
+* Wise-IoU: the running mean of L_IoU is identical on every rank and equals the
+  single-process Module's (the batch mean is all-reduced); with ``sync=False`` each rank
+  keeps its own (the authors' code).
 """
 
 from __future__ import annotations
@@ -217,6 +221,32 @@ def scenario_focal_normalizer(rank: int) -> None:
     assert value.item() == rank + 1  # inputs are not modified
 
 
+def scenario_wiou(rank: int) -> None:
+    feats, _, _, _, _, _, model = _data(seed=2)
+    gen = torch.Generator().manual_seed(7)
+    xy = torch.rand(ROWS, 2, generator=gen, dtype=torch.float64) * 10
+    wh = torch.rand(ROWS, 2, generator=gen, dtype=torch.float64) * 4 + 1
+    target = torch.cat([xy, xy + wh], -1)
+    anchors = target + torch.randn(ROWS, 4, generator=gen, dtype=torch.float64) * 0.7
+
+    def make(sync):
+        crit = fk.WIoULoss(version=3, base="ciou", momentum=0.3, sync=sync, inner_ratio=0.8)
+        return _Bound(crit, lambda crit, out, rows: crit(anchors[rows] + out, target[rows]))
+
+    single, distributed = _check_against_single_process(rank, model, make, feats * 0.1, steps=3)
+    _same_on_all_ranks(distributed.crit.iou_mean, "Wise-IoU running mean")
+    _close(distributed.crit.iou_mean, single.crit.iou_mean, "Wise-IoU mean vs single")
+    assert single.crit.iou_mean.item() != 1.0
+
+    # sync=False: each rank's mean follows its own pairs only (the authors' code)
+    rows = slice(rank * ROWS // WORLD, (rank + 1) * ROWS // WORLD)
+    local = fk.WIoULoss(momentum=0.3, sync=False)
+    local(anchors[rows], target[rows])
+    l_iou = fk.iou_loss(anchors[rows], target[rows], reduction="none")
+    expected = torch.tensor([0.7 + 0.3 * l_iou.mean().item()], dtype=torch.float64)
+    _close(local.iou_mean, expected, "sync=False: the rank's own batch mean")
+
+
 class _Bound:
     """A loss Module plus how to call it on (outputs, rows)."""
 
@@ -228,7 +258,11 @@ class _Bound:
         return self.call(self.crit, out, rows)
 
 
-SCENARIOS = {"ghm": scenario_ghm, "focal_normalizer": scenario_focal_normalizer}
+SCENARIOS = {
+    "ghm": scenario_ghm,
+    "focal_normalizer": scenario_focal_normalizer,
+    "wiou": scenario_wiou,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,6 +282,14 @@ def test_focal_reduce_mean_normalizer_two_ranks_equal_one_process(two_rank_run):
     """sigmoid_focal_loss with normalizer=reduce_mean(num_pos): DDP-averaged gradients equal the
     single-process gradient with normalizer=num_pos on the whole batch."""
     _outcome(two_rank_run, "focal_normalizer")
+
+
+@pytest.mark.distributed
+def test_wiou_running_mean_two_ranks_equals_one_process(two_rank_run):
+    """WIoULoss (sync on by default): losses (rank mean), output-gradient rows (x W), DDP
+    parameter gradients and the running mean match one process on the whole batch; with
+    sync=False the mean is per rank."""
+    _outcome(two_rank_run, "wiou")
 
 
 def test_helpers_are_identities_without_a_process_group():

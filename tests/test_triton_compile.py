@@ -157,7 +157,16 @@ CONSTEXPRS = {
         "NEED_GRAD": _B,
         "BLOCK": (1024,),
     },
-    "_box_kernel": {"KIND": tuple(range(7)), "NEED_GRAD": _B, "BLOCK": (256,)},
+    "_box_kernel": {
+        "KIND": tuple(range(11)),
+        "INNER": _B,
+        "FOCALER": _B,
+        "POWER": _B,
+        "CLAMP": _B,
+        "WRITE_IOU": _B,
+        "NEED_GRAD": _B,
+        "BLOCK": (256,),
+    },
     "_atan_kernel": {"BLOCK": (1024,)},
     "_scale_kernel": {"BLOCK": (1024,)},
 }
@@ -212,6 +221,25 @@ def _pairwise(options: dict[str, tuple], each: dict[str, tuple] | None = None) -
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# the IoU family's calls: each KIND, CLAMP (gated CIoU, mmdetection's SIoU) and WRITE_IOU
+# (Wise-IoU v3 over its own base and over SIoU); ALPHA: the bases that take ``power``
+_BOX_LOSSES = {
+    "iou": fk.iou_loss,
+    "iou_log": functools.partial(fk.iou_loss, mode="log"),
+    "giou": fk.giou_loss,
+    "diou": fk.diou_loss,
+    "ciou": fk.ciou_loss,
+    "ciou_gated": functools.partial(fk.ciou_loss, aspect_gate=True),
+    "eiou": fk.eiou_loss,
+    "focal_eiou": fk.focal_eiou_loss,
+    "siou": fk.siou_loss,
+    "siou_mmdet": functools.partial(fk.siou_loss, paper_sign=False, clamp=True),
+    "mpdiou": fk.mpdiou_loss,
+    "shape": functools.partial(fk.shape_iou_loss, scale=0.5),
+    "wiou": functools.partial(fk.wiou_loss, iou_mean=0.5),
+    "wiou_siou": functools.partial(fk.wiou_loss, base="siou", iou_mean=0.5),
+}
+_ALPHA = {"iou", "giou", "diou", "ciou", "ciou_gated"}
 BINS = (1, 10, 40, 100, 200, 500, 1000, 2000, 4000)  # NB 32 ... 2048, then ATOMIC
 
 CASES = {
@@ -262,7 +290,8 @@ CASES = {
     ),
     "box": _pairwise(
         {
-            "kind": ("iou", "iou_log", "giou", "diou", "ciou", "eiou", "focal_eiou"),
+            "kind": tuple(_BOX_LOSSES),
+            "modifiers": ("none", "inner", "all"),  # all: inner, focaler and power (Alpha)
             "dtype": tuple(DTYPES),
             "target": ("same", "fp32"),
             "grad": ("grad", "no_grad"),
@@ -387,17 +416,6 @@ def _ghm_r(case: dict) -> None:
     fk.ghm_r_loss(pred, target, bins=case["bins"], weight=weight, backend="triton")
 
 
-_BOX_LOSSES = {
-    "iou": fk.iou_loss,
-    "iou_log": functools.partial(fk.iou_loss, mode="log"),
-    "giou": fk.giou_loss,
-    "diou": fk.diou_loss,
-    "ciou": fk.ciou_loss,
-    "eiou": fk.eiou_loss,
-    "focal_eiou": fk.focal_eiou_loss,
-}
-
-
 def _boxes(n: int, layout: str, dtype: torch.dtype) -> torch.Tensor:
     xy = torch.rand(n, 2, generator=torch.Generator().manual_seed(n))
     boxes = torch.cat([xy, xy + 0.5], dim=1).to(dtype)
@@ -412,7 +430,16 @@ def _box(case: dict) -> None:
     dtype = DTYPES[case["dtype"]]
     pred = _boxes(9, case["layout"], dtype).requires_grad_(case["grad"] == "grad")
     target = _boxes(9, "contiguous", dtype if case["target"] == "same" else torch.float32)
-    _BOX_LOSSES[case["kind"]](pred, target, backend="triton")
+    kind, extra = case["kind"], {}
+    if case["modifiers"] != "none":
+        extra["inner_ratio"] = 0.7
+    if case["modifiers"] == "all":
+        extra["focaler"] = (0.1, 0.9)
+        if kind in _ALPHA:
+            extra["power"] = 3.0
+    if kind == "mpdiou":  # one image size, or one per box (a strided read)
+        extra["image_size"] = (12.0, 16.0) if case["layout"] == "contiguous" else torch.rand(9, 2)
+    _BOX_LOSSES[kind](pred, target, backend="triton", **extra)
 
 
 def _atan(case: dict) -> None:

@@ -35,6 +35,17 @@ from .functional.box import (
 from .nn.box import CIoULoss, DIoULoss, EIoULoss, FocalEIoULoss, FocalL1Loss, GIoULoss, IoULoss
 
 # isort: split
+# --- the IoU losses of YOLO-style detectors (Alpha-, Inner-, Focaler-IoU are keywords) -----
+from .functional.iou_family import (
+    mpdiou_loss,
+    shape_iou_loss,
+    siou_loss,
+    wiou_loss,
+    wiou_momentum,
+)
+from .nn.iou_family import MPDIoULoss, ShapeIoULoss, SIoULoss, WIoULoss
+
+# isort: split
 # --- multi-process helpers -----------------------------------------------------------------
 from . import distributed
 
@@ -53,8 +64,12 @@ __all__ = [
     "GHMRLoss",
     "GIoULoss",
     "IoULoss",
+    "MPDIoULoss",
+    "SIoULoss",
+    "ShapeIoULoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
+    "WIoULoss",
     "__version__",
     "box_convert",
     "ciou_loss",
@@ -68,7 +83,12 @@ __all__ = [
     "ghm_r_loss",
     "giou_loss",
     "iou_loss",
+    "mpdiou_loss",
     "prior_bias",
+    "shape_iou_loss",
     "sigmoid_focal_loss",
+    "siou_loss",
     "softmax_focal_loss",
+    "wiou_loss",
+    "wiou_momentum",
 ]

@@ -325,3 +325,142 @@ def check_xyxy(name: str, boxes: Tensor) -> None:
             f"{name}: expected x2 >= x1 and y2 >= y1 for every box (in xyxy form), got "
             f"{boxes[where].tolist()} at index {where}"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# the IoU family's bases and modifiers (SIoU, Wise-IoU, Alpha-, Inner-, Focaler-IoU, MPDIoU,
+# Shape-IoU)
+# --------------------------------------------------------------------------------------------
+
+WIOU_VERSIONS = (1, 2, 3)
+WIOU_BASES = ("iou", "giou", "diou", "ciou", "eiou", "siou")
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {_describe(value)}")
+    return float(value)
+
+
+def check_power(power: float) -> float:
+    """Alpha-IoU's exponent: a finite number >= 1 (below 1, ``IoU^a`` has an infinite slope
+    at 0 and the gradient of disjoint or identical boxes is not finite)."""
+    value = _number("power", power)
+    if not (value >= 1 and math.isfinite(value)):
+        raise ValueError(
+            f"power: expected a finite number >= 1 (Alpha-IoU's exponent; 1 is the base loss), "
+            f"got {power!r}"
+        )
+    return value
+
+
+def check_inner_ratio(inner_ratio: float | None) -> float | None:
+    """Inner-IoU's scale of the auxiliary boxes: None (off) or a finite number > 0."""
+    if inner_ratio is None:
+        return None
+    value = _number("inner_ratio", inner_ratio)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(
+            f"inner_ratio: expected None or a finite number > 0 (the auxiliary boxes' scale; "
+            f"1 is the base loss), got {inner_ratio!r}"
+        )
+    return value
+
+
+def check_focaler(focaler: Sequence[float] | None) -> tuple[float, float] | None:
+    """Focaler-IoU's interval: None (off) or a pair ``(d, u)`` with ``0 <= d < u <= 1``."""
+    if focaler is None:
+        return None
+    if isinstance(focaler, (str, bytes)) or not isinstance(focaler, Sequence) or len(focaler) != 2:
+        raise ValueError(f"focaler: expected None or a pair (d, u), got {_describe(focaler)}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in focaler):
+        raise ValueError(f"focaler: expected a pair of numbers (d, u), got {focaler!r}")
+    d, u = float(focaler[0]), float(focaler[1])
+    if not (0 <= d < u <= 1):
+        raise ValueError(f"focaler: expected (d, u) with 0 <= d < u <= 1, got {tuple(focaler)!r}")
+    return d, u
+
+
+def check_theta(theta: float) -> float:
+    """SIoU's shape-cost exponent: a finite number >= 1 (below 1 the cost has an infinite
+    slope where the shapes agree)."""
+    value = _number("theta", theta)
+    if not (value >= 1 and math.isfinite(value)):
+        raise ValueError(f"theta: expected a finite number >= 1, got {theta!r}")
+    return value
+
+
+def check_image_size(image_size: object) -> tuple[float, float] | Tensor:
+    """MPDIoU's image size ``(H, W)`` in the boxes' units: a pair of finite numbers > 0, or a
+    tensor whose last dimension is 2 (``(..., 2)``, one ``(H, W)`` per box or broadcast).
+    A tensor's values are not read here (see :func:`check_image_size_values`)."""
+    if image_size is None:
+        raise ValueError(
+            "image_size: required, the (H, W) of the image in the units of the boxes (pixels: "
+            "the image size; grid units: image size / stride; normalised boxes: (1, 1)), got None"
+        )
+    if isinstance(image_size, Tensor):
+        if image_size.dim() == 0 or image_size.shape[-1] != 2 or image_size.is_complex():
+            raise ValueError(
+                f"image_size: expected (H, W) or a real tensor of shape (..., 2), "
+                f"got {_describe(image_size)}"
+            )
+        return image_size
+    if (
+        isinstance(image_size, (str, bytes))
+        or not isinstance(image_size, Sequence)
+        or len(image_size) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in image_size)
+    ):
+        raise ValueError(
+            f"image_size: expected (H, W), two numbers, or a tensor of shape (..., 2), "
+            f"got {_describe(image_size)}"
+        )
+    h, w = float(image_size[0]), float(image_size[1])
+    if not (h > 0 and w > 0 and math.isfinite(h) and math.isfinite(w)):
+        raise ValueError(
+            f"image_size: expected H > 0 and W > 0 (finite), got {tuple(image_size)!r}"
+        )
+    return h, w
+
+
+def check_image_size_values(image_size: Tensor) -> None:
+    """Every H and W of a tensor ``image_size`` finite and > 0. Reads values: only where that
+    is free (a CPU tensor in eager mode) or with ``validate=True``."""
+    bad = ~(torch.isfinite(image_size) & (image_size > 0))
+    if bool(bad.any()):
+        raise ValueError(
+            f"image_size: expected H > 0 and W > 0 (finite), got "
+            f"{image_size[bad].reshape(-1)[0].item()!r} in {_describe(image_size)}"
+        )
+
+
+def check_wiou(version: int, base: str, alpha: float, delta: float, gamma: float) -> None:
+    """Wise-IoU's version (1, 2, 3), base and focusing constants (alpha, delta > 0, gamma >= 0)."""
+    if isinstance(version, bool) or version not in WIOU_VERSIONS:
+        raise ValueError(f"version: expected one of {WIOU_VERSIONS}, got {version!r}")
+    check_choice("base", base, WIOU_BASES)
+    check_positive("alpha", alpha)
+    check_positive("delta", delta)
+    check_nonnegative("gamma", gamma)
+
+
+def check_iou_mean(iou_mean: float | Tensor) -> None:
+    """Wise-IoU's mean of ``L_IoU``: a finite number > 0, or a one-element float tensor
+    (its value is not read: clamped to >= eps where it is used)."""
+    if isinstance(iou_mean, Tensor):
+        if iou_mean.numel() != 1 or not iou_mean.is_floating_point():
+            raise ValueError(
+                f"iou_mean: expected a number > 0 or a one-element float tensor, "
+                f"got {_describe(iou_mean)}"
+            )
+        return
+    check_positive("iou_mean", iou_mean)
+
+
+def check_wiou_momentum(momentum: float | None) -> None:
+    if momentum is None:
+        return
+    value = _number("momentum", momentum)
+    if not (0 <= value <= 1):
+        raise ValueError(f"momentum: expected None or a number in [0, 1], got {momentum!r}")

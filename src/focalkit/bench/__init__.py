@@ -5,8 +5,9 @@
   the environment record;
 * :mod:`.suite`: the suite behind ``focalkit bench`` (every size x dtype x mode, resumable
   results file);
-* :mod:`.focal_cpu`, :mod:`.ghm_box`: the named CPU benchmarks behind
-  ``benchmarks/bench_focal_cpu.py`` and ``benchmarks/bench_ghm_box.py``;
+* :mod:`.focal_cpu`, :mod:`.ghm_box`, :mod:`.iou_family`: the named benchmarks behind
+  ``benchmarks/bench_focal_cpu.py``, ``benchmarks/bench_ghm_box.py`` and
+  ``benchmarks/bench_iou_family.py``;
 * :mod:`.baselines`: the reference implementations timed against focalkit;
 * :mod:`.plot`: the suite's figure (matplotlib); :mod:`.readme`: the README tables rendered
   from the results files.

@@ -21,6 +21,7 @@ __all__ = [
     "detection_losses_table",
     "focal_table",
     "ghm_box_table",
+    "iou_family_table",
     "main",
     "options_tables",
     "render",
@@ -75,6 +76,28 @@ def ghm_box_table(data: dict) -> str:
         lines.append(
             f"| {row['name']} | {row['size']:,} | {row['baseline_ms']:.2f} | "
             f"{row['focalkit_ms']:.2f} | {row['ratio']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def iou_family_table(data: dict) -> str:
+    rows = data["rows"]
+    backends = sorted({row["focalkit_backend"] for row in rows})
+    lines = [
+        "The IoU losses of YOLO-style detectors, forward + backward, against the plain eager "
+        "formula and against the `bbox_iou` function YOLO forks copy (one flag per loss, "
+        "Wise-IoU's running mean read back with `.item()` every call) "
+        f"(`python benchmarks/bench_iou_family.py`); focalkit backend: {', '.join(backends)}. "
+        + _env_line(data["environment"]),
+        "",
+        "| loss | boxes | plain (ms) | `bbox_iou` (ms) | focalkit (ms) | vs plain | vs `bbox_iou` |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['name']} | {row['size']:,} | {row['plain_ms']:.2f} | "
+            f"{row['bbox_iou_ms']:.2f} | {row['focalkit_ms']:.2f} | "
+            f"{row['ratio_vs_plain']:.2f}x | {row['ratio_vs_bbox_iou']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -153,8 +176,12 @@ def detection_losses_table(data: dict) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"focal_cpu.json": focal_table, "ghm_box_cpu.json": ghm_box_table}
-# rendered only when present (``focalkit bench``, ``make bench-stacks``), after the two above
+RENDERERS = {
+    "focal_cpu.json": focal_table,
+    "ghm_box_cpu.json": ghm_box_table,
+    "iou_family_cpu.json": iou_family_table,
+}
+# rendered only when present (``focalkit bench``, ``make bench-stacks``), after the tables above
 OPTIONAL_RENDERERS = {
     "suite-cpu-cpu-small.json": suite_table,
     "suite-cuda-gpu.json": suite_table,

@@ -388,7 +388,17 @@ def _detection_names():
         return (
             None,
             ("bce", "alpha_bce", "focal", "ghmc"),
-            ("smooth_l1", "giou", "ciou", "eiou", "focal_eiou", "ghmr"),
+            (
+                "smooth_l1",
+                "giou",
+                "ciou",
+                "eiou",
+                "focal_eiou",
+                "ghmr",
+                "siou",
+                "wiou",
+                "inner_ciou",
+            ),
             "focal",
             "smooth_l1",
         )
@@ -495,6 +505,11 @@ def _detection_section(runs: list[dict], out_dir: Path, fig_dir: Path) -> list[s
                     "AP75", "focal_eiou", box_sweep["focal_eiou"], other, box_sweep[other], "AP75"
                 )
                 + " (Focal-EIoU's paper claims better localisation, i.e. higher AP75, than CIoU/GIoU.)"
+            )
+    for name in ("siou", "wiou", "inner_ciou"):  # the YOLO-era losses against their CIoU base
+        if name in box_sweep and "ciou" in box_sweep:
+            lines.append(
+                "- " + compare("AP", name, box_sweep[name], "ciou", box_sweep["ciou"], "AP")
             )
     lines.append("")
 

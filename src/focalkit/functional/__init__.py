@@ -12,6 +12,7 @@ from .box import (
 )
 from .focal import class_balanced_weights, prior_bias, sigmoid_focal_loss, softmax_focal_loss
 from .ghm import ghm_c_loss, ghm_r_loss
+from .iou_family import mpdiou_loss, shape_iou_loss, siou_loss, wiou_loss, wiou_momentum
 
 __all__ = [
     "box_convert",
@@ -25,7 +26,12 @@ __all__ = [
     "ghm_r_loss",
     "giou_loss",
     "iou_loss",
+    "mpdiou_loss",
     "prior_bias",
+    "shape_iou_loss",
     "sigmoid_focal_loss",
+    "siou_loss",
     "softmax_focal_loss",
+    "wiou_loss",
+    "wiou_momentum",
 ]

@@ -1,4 +1,7 @@
-r"""Bounding-box regression losses: IoU, GIoU, DIoU, CIoU, EIoU, Focal-EIoU, and FocalL1.
+r"""Bounding-box regression losses: IoU, GIoU, DIoU, CIoU, EIoU, Focal-EIoU (with the
+Alpha-, Inner- and Focaler-IoU modifiers), the driver every IoU-family loss shares, and
+FocalL1. SIoU, Wise-IoU, MPDIoU and Shape-IoU are in :mod:`focalkit.functional.iou_family`;
+the one per-box formula of them all is :mod:`focalkit.functional._iou_geometry`.
 
 Boxes are ``(..., 4)`` tensors in ``box_format`` ``"xyxy"`` (default: ``x1, y1, x2, y2``),
 ``"xywh"`` (``x1, y1, w, h``) or ``"cxcywh"``; they are converted to ``xyxy`` after being
@@ -11,9 +14,16 @@ boxes. One limit: when *both* boxes have zero area and overlap along a segment, 
 is of order ``length / eps``: finite in float32/bfloat16, beyond the float16 range. Nothing
 reads tensor values unless ``validate=True`` (a device sync).
 
-``backend=`` chooses who computes the per-box loss: ``"torch"`` (autograd through
-``_Geometry``: the reference) or ``"triton"`` (one fused kernel writing the loss and its
-analytic gradient, :mod:`focalkit.kernels.triton_box`); ``"auto"`` picks Triton for
+Modifiers (every IoU-family loss where they are defined; they compose): ``power`` (Alpha-IoU:
+``1 - IoU^a`` and each penalty to the power ``a``; IoU, GIoU, DIoU, CIoU), ``inner_ratio``
+(Inner-IoU: the overlap term from auxiliary boxes scaled about their centres) and
+``focaler`` (Focaler-IoU: the overlap term mapped linearly from ``[d, u]`` to ``[0, 1]``).
+Inner and Focaler change only the overlap term: ``L_X + IoU - IoU_modified``; every penalty
+keeps the original boxes and IoU.
+
+``backend=`` chooses who computes the per-box loss: ``"torch"`` (autograd through the plain
+formula: the reference) or ``"triton"`` (one fused kernel writing the loss and its analytic
+gradient, :mod:`focalkit.kernels.triton_box`); ``"auto"`` picks Triton for
 float32/float16/bfloat16 CUDA tensors when triton is installed. Format conversion and the
 reduction are torch on both.
 
@@ -29,13 +39,16 @@ smallest box enclosing both (``C_w, C_h``), ``rho`` the distance of the centres,
 
 References: GIoU, Rezatofighi et al., https://arxiv.org/abs/1902.09630; DIoU/CIoU, Zheng et
 al., https://arxiv.org/abs/1911.08287; EIoU/Focal-EIoU/FocalL1, Zhang et al.,
-https://arxiv.org/abs/2101.08158.
+https://arxiv.org/abs/2101.08158; Alpha-IoU, He et al., https://arxiv.org/abs/2110.13675;
+Inner-IoU, Zhang, Xu, Zhang, https://arxiv.org/abs/2311.02877; Focaler-IoU, Zhang & Zhang,
+https://arxiv.org/abs/2401.10525.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -44,20 +57,26 @@ from .._checks import (
     BOX_FORMATS,
     IOU_MODES,
     check_boxes,
+    check_broadcastable_to,
     check_choice,
     check_floating,
     check_focal_l1,
+    check_focaler,
+    check_image_size_values,
+    check_inner_ratio,
     check_nonnegative,
     check_normalizer,
     check_positive,
+    check_power,
     check_reduction,
     check_same_shape,
     check_tensor,
     check_xyxy,
 )
-from .._compat import compute_dtype, output_dtype
+from .._compat import compute_dtype, may_read_values, output_dtype
 from .._reduce import reduce_loss
 from ..kernels.dispatch import resolve_backend
+from ._iou_geometry import BoxSpec, torch_per_box
 
 __all__ = [
     "BOX_FORMATS",
@@ -71,8 +90,6 @@ __all__ = [
     "giou_loss",
     "iou_loss",
 ]
-
-_FOUR_OVER_PI2 = 4.0 / math.pi**2
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,90 +127,24 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# per-box geometry and the losses
+# the per-box loss on each backend, and the one driver every IoU-family loss calls
 # --------------------------------------------------------------------------------------------
 
 
-class _Geometry:
-    """The quantities shared by the IoU family, for xyxy boxes in the compute dtype."""
-
-    def __init__(self, pred: Tensor, target: Tensor, eps: float) -> None:
-        px1, py1, px2, py2 = pred.unbind(-1)
-        tx1, ty1, tx2, ty2 = target.unbind(-1)
-        self.eps = eps
-        self.pw, self.ph = px2 - px1, py2 - py1
-        self.tw, self.th = tx2 - tx1, ty2 - ty1
-        iw = (torch.minimum(px2, tx2) - torch.maximum(px1, tx1)).clamp(min=0)
-        ih = (torch.minimum(py2, ty2) - torch.maximum(py1, ty1)).clamp(min=0)
-        inter = iw * ih
-        self.union = self.pw * self.ph + self.tw * self.th - inter
-        self.iou = inter / (self.union + eps)
-        # smallest enclosing box
-        self.cw = torch.maximum(px2, tx2) - torch.minimum(px1, tx1)
-        self.ch = torch.maximum(py2, ty2) - torch.minimum(py1, ty1)
-        self._centres = (px1 + px2 - tx1 - tx2, py1 + py2 - ty1 - ty2)
-
-    @property
-    def rho2(self) -> Tensor:
-        """Squared distance of the box centres."""
-        dx, dy = self._centres
-        return 0.25 * (dx * dx + dy * dy)
-
-    def giou_penalty(self) -> Tensor:
-        area_c = self.cw * self.ch
-        return (area_c - self.union) / (area_c + self.eps)
-
-    def diou_penalty(self) -> Tensor:
-        return self.rho2 / (self.cw * self.cw + self.ch * self.ch + self.eps)
-
-    def ciou_penalty(self) -> Tensor:
-        """``a v`` with ``a = v / ((1 - IoU) + v)`` a constant in backward (authors' code)."""
-        eps = self.eps
-        delta = torch.atan(self.tw / (self.th + eps)) - torch.atan(self.pw / (self.ph + eps))
-        v = _FOUR_OVER_PI2 * delta * delta
-        with torch.no_grad():
-            a = v / ((1 - self.iou) + v + eps)
-        return a * v
-
-    def eiou_penalty(self) -> Tensor:
-        eps = self.eps
-        cw2, ch2 = self.cw * self.cw, self.ch * self.ch
-        dw, dh = self.pw - self.tw, self.ph - self.th
-        return self.rho2 / (cw2 + ch2 + eps) + dw * dw / (cw2 + eps) + dh * dh / (ch2 + eps)
-
-
-def _torch_per_box(
-    kind: str, pred: Tensor, target: Tensor, eps: float, gamma: float, mode: str
-) -> Tensor:
-    """The reference: per-box loss of xyxy boxes, autograd through :class:`_Geometry`."""
-    geo = _Geometry(pred, target, eps)
-    if kind == "iou":
-        return 1 - geo.iou if mode == "linear" else -torch.log(geo.iou.clamp(min=eps))
-    if kind == "giou":
-        return 1 - geo.iou + geo.giou_penalty()
-    if kind == "diou":
-        return 1 - geo.iou + geo.diou_penalty()
-    if kind == "ciou":
-        return 1 - geo.iou + geo.diou_penalty() + geo.ciou_penalty()
-    loss = 1 - geo.iou + geo.eiou_penalty()  # eiou, focal_eiou
-    if kind == "focal_eiou" and gamma != 0:
-        loss = geo.iou.detach().clamp(min=0).pow(gamma) * loss
-    return loss
-
-
 def _triton_per_box(
-    kind: str, pred: Tensor, target: Tensor, eps: float, gamma: float, mode: str
-) -> Tensor:
-    """The same per-box loss from the fused Triton kernel (float32; gradient w.r.t. pred)."""
-    from ..kernels.triton_box import TritonBoxSpec, triton_box_loss
+    spec: BoxSpec, pred: Tensor, target: Tensor, diag2: Tensor | None, need_iou: bool
+) -> tuple[Tensor, Tensor | None]:
+    """The per-box loss from the fused Triton kernel (float32; gradient w.r.t. pred) and,
+    with ``need_iou``, the plain IoU."""
+    from ..kernels.triton_box import triton_box_loss
 
-    if kind == "iou" and mode == "log":
-        kind = "iou_log"
-    elif kind == "focal_eiou" and gamma == 0:
-        kind = "eiou"  # the torch path skips the factor at gamma = 0 too
+    if spec.base == "focal_eiou" and spec.gamma == 0:
+        spec = spec._replace(base="eiou")  # the torch path skips the factor at gamma = 0 too
     if target.dtype == torch.float64:  # pred is never float64 here (dispatch rule "dtype")
         target = target.to(torch.float32)
-    return triton_box_loss(pred, target, TritonBoxSpec(kind, float(eps), float(gamma)))
+    if diag2 is not None:
+        diag2 = diag2.to(torch.float32)
+    return triton_box_loss(pred, target, spec, diag2=diag2, need_iou=need_iou)
 
 
 class _BoxOptions(NamedTuple):
@@ -208,15 +159,41 @@ class _BoxOptions(NamedTuple):
     backend: str
 
 
-def _box_loss(
-    kind: str,
+Focus = Callable[[Tensor], Tensor]  # plain IoU per box (detached) -> a factor per box
+
+
+def _image_diagonal(
+    image_size: tuple[float, float] | Tensor | None,
+    boxes: Tensor,
+    cdtype: torch.dtype,
+    validate: bool,
+) -> float | Tensor | None:
+    """MPDIoU's ``W^2 + H^2``: a Python float for ``(H, W)``, or a detached tensor (the
+    boxes' device, ``cdtype``) broadcasting to the boxes for a ``(..., 2)`` tensor."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, Tensor):
+        check_broadcastable_to("image_size", image_size, torch.Size((*boxes.shape[:-1], 2)))
+        if validate or may_read_values(image_size):
+            check_image_size_values(image_size)
+        size = image_size.detach().to(device=boxes.device, dtype=cdtype)
+        return size[..., 0] * size[..., 0] + size[..., 1] * size[..., 1]
+    h, w = image_size
+    return h * h + w * w
+
+
+def box_loss(
+    spec: BoxSpec,
     pred_boxes: Tensor,
     target_boxes: Tensor,
     opts: _BoxOptions,
     *,
-    gamma: float = 0.0,
-    mode: str = "linear",
+    image_size: tuple[float, float] | Tensor | None = None,
+    focus: Focus | None = None,
 ) -> Tensor:
+    """Every IoU-family loss: checks, the backend, format conversion, the per-box loss of
+    ``spec`` (:func:`focalkit.functional._iou_geometry.torch_per_box` or the Triton kernel),
+    ``focus`` (Wise-IoU's factor of the detached plain IoU) and the one reduction."""
     check_boxes(pred_boxes, target_boxes, opts.box_format)
     check_positive("eps", opts.eps)
     check_reduction(opts.reduction)
@@ -238,17 +215,32 @@ def _box_loss(
         if opts.validate:
             check_xyxy("pred_boxes", pred)
             check_xyxy("target_boxes", target)
-        per_box = _triton_per_box if use_triton else _torch_per_box
-        loss = per_box(kind, pred, target, opts.eps, gamma, mode)
+        diag2 = _image_diagonal(image_size, pred_boxes, cdtype, opts.validate)
+        iou: Tensor | None
+        if use_triton:
+            if isinstance(diag2, float):
+                diag2 = torch.full((), diag2, dtype=torch.float32, device=pred_boxes.device)
+            loss, iou = _triton_per_box(spec, pred, target, diag2, focus is not None)
+        else:
+            loss, iou = torch_per_box(spec, pred, target, diag2)
+        if focus is not None and iou is not None:
+            loss = loss * focus(iou)
         loss = reduce_loss(loss, opts.reduction, weight=opts.weight, normalizer=opts.normalizer)
     return loss.to(out_dtype)
 
 
+def modifiers(
+    power: float, inner_ratio: float | None, focaler: Sequence[float] | None
+) -> dict[str, Any]:
+    """Alpha-, Inner- and Focaler-IoU's keywords, checked, as ``BoxSpec`` fields."""
+    return {
+        "power": check_power(power),
+        "inner_ratio": check_inner_ratio(inner_ratio),
+        "focaler": check_focaler(focaler),
+    }
+
+
 _COMMON_ARGS = """
-    Args:
-        pred_boxes: ``(..., 4)`` predicted boxes (float; computed in float32 and returned in
-            the input dtype, float32 under autocast).
-        target_boxes: ``(..., 4)`` target boxes, the same shape.
         box_format: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
         eps: added to every denominator (default 1e-7).
         weight: optional per-box weight broadcastable to ``pred_boxes.shape[:-1]``.
@@ -266,12 +258,48 @@ _COMMON_ARGS = """
             (no ``create_graph=True``). See :mod:`focalkit.kernels.dispatch`.
 """
 
+_BOXES_ARGS = """
+        pred_boxes: ``(..., 4)`` predicted boxes (float; computed in float32 and returned in
+            the input dtype, float32 under autocast).
+        target_boxes: ``(..., 4)`` target boxes, the same shape.
+"""
 
-def _doc(text: str | None) -> str | None:
+_POWER_ARG = """
+        power: Alpha-IoU's exponent ``a >= 1`` (default 1: the plain loss; the paper uses 3):
+            ``1 - IoU^a`` and every penalty to the power ``a``.
+"""
+
+_MODIFIER_ARGS = """
+        inner_ratio: Inner-IoU (default None: off): the overlap term is the IoU of auxiliary
+            boxes with the same centres and sides times ``inner_ratio > 0`` (< 1 for
+            high-IoU samples, > 1 for low-IoU ones; 0.7 is the common choice, 1 the plain
+            loss); the penalties keep the original boxes and IoU.
+        focaler: Focaler-IoU (default None: off): ``(d, u)`` with ``0 <= d < u <= 1``; the
+            overlap term becomes ``clamp((IoU - d) / (u - d), 0, 1)`` (the authors' default
+            ``(0.0, 0.95)``; ``(0, 1)`` is the plain loss).
+"""
+
+
+def _doc(text: str | None, own: str = "", modifiers: str = _MODIFIER_ARGS) -> str | None:
+    """Insert the shared ``Args:`` (boxes, the loss's ``own`` ``Args:`` lines, the modifiers,
+    the common keywords) before ``Reference:``."""
     if not text:  # python -OO strips docstrings
         return text
     head, _, tail = text.partition("    Reference:")
-    return head + _COMMON_ARGS.lstrip("\n") + "\n    Reference:" + tail
+    args = "    Args:\n" + _BOXES_ARGS.lstrip("\n") + own.lstrip("\n") + modifiers.lstrip("\n")
+    return head + args + _COMMON_ARGS.lstrip("\n") + "\n    Reference:" + tail
+
+
+def _options(
+    box_format: str,
+    eps: float,
+    weight: Tensor | None,
+    reduction: str,
+    normalizer: float | Tensor | None,
+    validate: bool,
+    backend: str,
+) -> _BoxOptions:
+    return _BoxOptions(box_format, float(eps), weight, reduction, normalizer, validate, backend)
 
 
 def iou_loss(
@@ -279,6 +307,9 @@ def iou_loss(
     target_boxes: Tensor,
     *,
     mode: str = "linear",
+    power: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: Sequence[float] | None = None,
     box_format: str = "xyxy",
     eps: float = 1e-7,
     weight: Tensor | None = None,
@@ -289,9 +320,12 @@ def iou_loss(
 ) -> Tensor:
     r"""IoU loss: ``mode="linear"`` gives :math:`1 - \mathrm{IoU}`, ``mode="log"`` gives
     :math:`-\log \max(\mathrm{IoU}, \epsilon)` (UnitBox; its gradient is 0 for disjoint boxes).
+    With ``power=a``: Alpha-IoU's :math:`1 - \mathrm{IoU}^a` (linear mode only); with
+    ``inner_ratio`` / ``focaler``: ``1 - IoU_inner`` / ``1 - IoU_f`` (and their logs).
 
     Reference:
-        Yu et al., "UnitBox", https://arxiv.org/abs/1608.01471
+        Yu et al., "UnitBox", https://arxiv.org/abs/1608.01471; He et al., "Alpha-IoU",
+        https://arxiv.org/abs/2110.13675
 
     Example:
         >>> import torch, focalkit as fk
@@ -300,14 +334,21 @@ def iou_loss(
         tensor(0.6087)
         >>> fk.iou_loss(pred, target, mode="log")
         tensor(0.9383)
+        >>> fk.iou_loss(pred, target, power=3.0)  # 1 - (9/23)^3
+        tensor(0.9401)
     """
     check_choice("mode", mode, IOU_MODES)
-    return _box_loss(
-        "iou",
+    mods = modifiers(power, inner_ratio, focaler)
+    if mode == "log" and mods["power"] != 1:
+        raise ValueError(
+            f"power: Alpha-IoU is 1 - IoU^a, defined for mode='linear'; got power={power!r} "
+            "with mode='log'"
+        )
+    return box_loss(
+        BoxSpec("iou", float(eps), log=mode == "log", **mods),
         pred_boxes,
         target_boxes,
-        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
-        mode=mode,
+        _options(box_format, eps, weight, reduction, normalizer, validate, backend),
     )
 
 
@@ -315,6 +356,9 @@ def giou_loss(
     pred_boxes: Tensor,
     target_boxes: Tensor,
     *,
+    power: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: Sequence[float] | None = None,
     box_format: str = "xyxy",
     eps: float = 1e-7,
     weight: Tensor | None = None,
@@ -327,6 +371,8 @@ def giou_loss(
 
     .. math:: L = 1 - \mathrm{IoU} + \frac{|C \setminus (A \cup B)|}{|C|}
 
+    Alpha-GIoU (``power=a``): :math:`1 - \mathrm{IoU}^a + (|C \setminus (A \cup B)| / |C|)^a`.
+
     Reference:
         Rezatofighi et al., "Generalized Intersection over Union", https://arxiv.org/abs/1902.09630
 
@@ -335,11 +381,11 @@ def giou_loss(
         >>> fk.giou_loss(torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([[1.0, 1, 5, 5]]))
         tensor(0.6887)
     """
-    return _box_loss(
-        "giou",
+    return box_loss(
+        BoxSpec("giou", float(eps), **modifiers(power, inner_ratio, focaler)),
         pred_boxes,
         target_boxes,
-        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
+        _options(box_format, eps, weight, reduction, normalizer, validate, backend),
     )
 
 
@@ -347,6 +393,9 @@ def diou_loss(
     pred_boxes: Tensor,
     target_boxes: Tensor,
     *,
+    power: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: Sequence[float] | None = None,
     box_format: str = "xyxy",
     eps: float = 1e-7,
     weight: Tensor | None = None,
@@ -360,6 +409,7 @@ def diou_loss(
     .. math:: L = 1 - \mathrm{IoU} + \frac{\rho^2}{c^2}
 
     with ``rho`` the distance of the centres and ``c`` the diagonal of the enclosing box.
+    Alpha-DIoU (``power=a``): :math:`1 - \mathrm{IoU}^a + \rho^{2a} / c^{2a}`.
 
     Reference:
         Zheng et al., "Distance-IoU Loss", https://arxiv.org/abs/1911.08287
@@ -369,11 +419,11 @@ def diou_loss(
         >>> fk.diou_loss(torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([[1.0, 1, 5, 5]]))
         tensor(0.6487)
     """
-    return _box_loss(
-        "diou",
+    return box_loss(
+        BoxSpec("diou", float(eps), **modifiers(power, inner_ratio, focaler)),
         pred_boxes,
         target_boxes,
-        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
+        _options(box_format, eps, weight, reduction, normalizer, validate, backend),
     )
 
 
@@ -381,6 +431,10 @@ def ciou_loss(
     pred_boxes: Tensor,
     target_boxes: Tensor,
     *,
+    aspect_gate: bool = False,
+    power: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: Sequence[float] | None = None,
     box_format: str = "xyxy",
     eps: float = 1e-7,
     weight: Tensor | None = None,
@@ -397,22 +451,42 @@ def ciou_loss(
         v = \frac{4}{\pi^2}\Big(\arctan\frac{w_g}{h_g} - \arctan\frac{w}{h}\Big)^2,\quad
         a = \frac{v}{(1 - \mathrm{IoU}) + v}
 
-    The trade-off ``a`` is a constant in backward (computed under no-grad), as in the CIoU
-    authors' code; only ``v`` carries the aspect-ratio gradient.
+    The trade-off ``a`` is a constant in backward (computed under no-grad); only ``v``
+    carries the aspect-ratio gradient. By default ``a`` is the AAAI 2020 paper's, at every
+    IoU, as in torchvision's ``complete_box_iou_loss``. The CIoU authors' later code
+    (Zzh-tju/CIoU, arXiv 2005.03572) and mmdetection's ``ciou_loss`` differ: they set
+    ``a = 0`` where ``IoU <= 0.5`` (CIoU is DIoU there) and clamp CIoU to ``[-1, 1]`` (the
+    loss to ``[0, 2]``, zero gradient outside); ``aspect_gate=True`` gives that form.
+    Alpha-CIoU (``power=a``): :math:`1 - \mathrm{IoU}^a + \rho^{2a}/c^{2a} + (a_{CIoU} v)^a`,
+    the trade-off from the plain IoU, detached.
 
     Reference:
-        Zheng et al., "Distance-IoU Loss", https://arxiv.org/abs/1911.08287
+        Zheng et al., "Distance-IoU Loss", https://arxiv.org/abs/1911.08287; the gated form:
+        Zheng et al., "Enhancing Geometric Factors into Model Learning and Inference for
+        Object Detection and Instance Segmentation", https://arxiv.org/abs/2005.03572
 
     Example:
         >>> import torch, focalkit as fk
         >>> fk.ciou_loss(torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([[1.0, 1, 5, 5]]))
         tensor(0.6487)
+        >>> pred, target = torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([[0.0, 0, 4, 5]])
+        >>> fk.ciou_loss(pred, target), fk.ciou_loss(pred, target, aspect_gate=True)  # IoU 0.8
+        (tensor(0.2062), tensor(0.2062))
+        >>> pred = torch.tensor([[0.0, 0, 8, 4]])  # IoU 0.44 <= 0.5: gated, CIoU is DIoU here
+        >>> fk.ciou_loss(pred, target), fk.ciou_loss(pred, target, aspect_gate=True)
+        (tensor(0.6124), tensor(0.6033))
     """
-    return _box_loss(
-        "ciou",
+    return box_loss(
+        BoxSpec(
+            "ciou",
+            float(eps),
+            aspect_gate=bool(aspect_gate),
+            clamp=bool(aspect_gate),
+            **modifiers(power, inner_ratio, focaler),
+        ),
         pred_boxes,
         target_boxes,
-        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
+        _options(box_format, eps, weight, reduction, normalizer, validate, backend),
     )
 
 
@@ -420,6 +494,8 @@ def eiou_loss(
     pred_boxes: Tensor,
     target_boxes: Tensor,
     *,
+    inner_ratio: float | None = None,
+    focaler: Sequence[float] | None = None,
     box_format: str = "xyxy",
     eps: float = 1e-7,
     weight: Tensor | None = None,
@@ -447,11 +523,11 @@ def eiou_loss(
         >>> fk.eiou_loss(torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([[1.0, 1, 5, 5]]))
         tensor(0.6487)
     """
-    return _box_loss(
-        "eiou",
+    return box_loss(
+        BoxSpec("eiou", float(eps), **modifiers(1.0, inner_ratio, focaler)),
         pred_boxes,
         target_boxes,
-        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
+        _options(box_format, eps, weight, reduction, normalizer, validate, backend),
     )
 
 
@@ -460,6 +536,8 @@ def focal_eiou_loss(
     target_boxes: Tensor,
     *,
     gamma: float = 0.5,
+    inner_ratio: float | None = None,
+    focaler: Sequence[float] | None = None,
     box_format: str = "xyxy",
     eps: float = 1e-7,
     weight: Tensor | None = None,
@@ -471,7 +549,8 @@ def focal_eiou_loss(
     r"""Focal-EIoU loss: :math:`L = \mathrm{IoU}^{\gamma} L_{EIoU}` (Efficient IoU, see
     :func:`eiou_loss`), with the factor :math:`\mathrm{IoU}^{\gamma}` a constant in backward
     (detached). It up-weights high-IoU boxes; at IoU = 0 the loss is 0 (for ``gamma > 0``);
-    ``gamma = 0`` gives :func:`eiou_loss`. ``gamma >= 0`` (default 0.5, the paper's).
+    ``gamma = 0`` gives :func:`eiou_loss`. ``gamma >= 0`` (default 0.5, the paper's). The
+    factor always uses the plain IoU (Inner / Focaler change the EIoU term only).
 
     Reference:
         Zhang et al., https://arxiv.org/abs/2101.08158
@@ -482,18 +561,34 @@ def focal_eiou_loss(
         tensor(0.4058)
     """
     check_nonnegative("gamma", gamma)
-    return _box_loss(
-        "focal_eiou",
+    return box_loss(
+        BoxSpec(
+            "focal_eiou", float(eps), gamma=float(gamma), **modifiers(1.0, inner_ratio, focaler)
+        ),
         pred_boxes,
         target_boxes,
-        _BoxOptions(box_format, eps, weight, reduction, normalizer, validate, backend),
-        gamma=float(gamma),
+        _options(box_format, eps, weight, reduction, normalizer, validate, backend),
     )
 
 
-for _fn in (iou_loss, giou_loss, diou_loss, ciou_loss, eiou_loss, focal_eiou_loss):
-    _fn.__doc__ = _doc(_fn.__doc__)
-del _fn
+_ALPHA_MODIFIER_ARGS = _POWER_ARG + _MODIFIER_ARGS.lstrip("\n")
+_CIOU_ARGS = """
+        aspect_gate: False (default): the paper's trade-off ``a`` at every IoU. True: the CIoU
+            authors' later code / mmdetection: ``a = 0`` where ``IoU <= 0.5`` and the loss
+            clamped to ``[0, 2]``.
+"""
+_FOCAL_EIOU_ARGS = """
+        gamma: exponent of the detached ``IoU^gamma`` factor, ``>= 0`` (default 0.5).
+"""
+_IOU_ARGS = """
+        mode: ``"linear"`` (``1 - IoU``, default) or ``"log"`` (``-log max(IoU, eps)``).
+"""
+iou_loss.__doc__ = _doc(iou_loss.__doc__, _IOU_ARGS, _ALPHA_MODIFIER_ARGS)
+giou_loss.__doc__ = _doc(giou_loss.__doc__, "", _ALPHA_MODIFIER_ARGS)
+diou_loss.__doc__ = _doc(diou_loss.__doc__, "", _ALPHA_MODIFIER_ARGS)
+ciou_loss.__doc__ = _doc(ciou_loss.__doc__, _CIOU_ARGS, _ALPHA_MODIFIER_ARGS)
+eiou_loss.__doc__ = _doc(eiou_loss.__doc__)
+focal_eiou_loss.__doc__ = _doc(focal_eiou_loss.__doc__, _FOCAL_EIOU_ARGS)
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from .._checks import (
     check_values_in_unit_interval,
 )
 from .._compat import compute_dtype, may_read_values, output_dtype
-from .._reduce import finish, reduction_scale
+from .._reduce import exact_sum, finish, reduction_scale
 from ..kernels.dispatch import outside_compiled_graph, resolve_backend
 from ._targets import parse_sigmoid_targets
 
@@ -321,7 +321,7 @@ def sigmoid_focal_plain(
     if scale is not None:
         loss = loss * scale
         grad = None if grad is None else grad * scale
-    return (loss.sum() if spec.reduce_sum else loss), grad
+    return (exact_sum(loss) if spec.reduce_sum else loss), grad
 
 
 class _SigmoidFocalFunction(torch.autograd.Function):
@@ -687,7 +687,7 @@ def softmax_focal_forward(
         logp = torch.log_softmax(x, dim=-1)
         loss, grad = _per_class(logp, times(t, scale), spec.gamma, need_grad)
     if spec.reduce_sum:
-        loss = loss.sum()
+        loss = exact_sum(loss)
     return loss, denominator, grad
 
 

@@ -45,10 +45,10 @@ from .._checks import (
     check_tensor,
 )
 from .._compat import compute_dtype, output_dtype
-from .._reduce import finish
-from ..kernels.dispatch import outside_compiled_graph, resolve_backend
-from ._targets import SigmoidTargets, parse_sigmoid_targets
-from .focal import NO_LABEL, bce_with_logits
+from .._reduce import exact_sum, finish
+from ..kernels.dispatch import resolve_backend
+from ._targets import parse_sigmoid_targets
+from .focal import bce_with_logits
 
 _LOSSES = "focalkit GHM-C losses"  # named by the double-backward error
 
@@ -148,7 +148,7 @@ def global_histogram(counts: Tensor, total: Tensor, world: int) -> tuple[Tensor,
     return packed[:-1], packed[-1]
 
 
-def _harmonize(
+def harmonize(
     counts: Tensor,
     total: Tensor,
     world: int,
@@ -202,7 +202,7 @@ def weighted_bce_plain(
     w = per_bin.take(index.long())
     loss = bce_with_logits(x, y).mul_(w)
     grad = torch.sigmoid(x).sub_(y).mul_(w) if need_grad else None
-    return (loss.sum() if reduce_sum else loss), grad
+    return (exact_sum(loss) if reduce_sum else loss), grad
 
 
 BinPass = Callable[[Tensor, Tensor, Tensor | None, int], tuple[Tensor, Tensor]]
@@ -263,7 +263,9 @@ def ghm_c_forward(
     cdtype = compute_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
         if choice.backend == "triton":  # the mean is folded into the kernel's weights
-            loss = _ghm_c_triton(
+            from ..kernels.triton_ghm import ghm_c_triton
+
+            loss = ghm_c_triton(
                 logits, parsed, keep, bins, ignore_index, reduction, world, ema, momentum, update
             )
         else:
@@ -281,7 +283,7 @@ def ghm_c_forward(
                 bin_pass, weighted_bce = ghm_bin_pass, ghm_weighted_bce
             with torch.no_grad():
                 index, counts = bin_pass(x.detach(), y, keep, bins)
-                per_bin, n_valid = _harmonize(counts, counts.sum(), world, ema, momentum, update)
+                per_bin, n_valid = harmonize(counts, counts.sum(), world, ema, momentum, update)
             loss = _WeightedBCE.apply(
                 x, y, index, per_bin.to(cdtype), reduction != "none", weighted_bce
             )
@@ -290,46 +292,6 @@ def ghm_c_forward(
         if reduction == "none":
             loss = loss.reshape(logits.shape)
     return loss.to(out_dtype)
-
-
-@outside_compiled_graph
-def _ghm_c_triton(
-    logits: Tensor,
-    parsed: SigmoidTargets,
-    keep: Tensor | None,
-    bins: int,
-    ignore_index: int | None,
-    reduction: str,
-    world: int,
-    ema: Tensor | None,
-    momentum: float,
-    update: bool,
-) -> Tensor:
-    """GHM-C on the Triton kernels (float32: the reduced loss, or the elementwise one).
-    Class-index targets stay labels (rows with ``ignore_index`` dropped in the kernel);
-    integer dense targets bring their mask. The mean's ``1 / N_valid`` multiplies the
-    per-bin weights, so the kernel's stored gradient is final and ``grad_output`` is 1 after
-    a plain ``backward()`` (see :mod:`focalkit.kernels.triton_scale`)."""
-    from ..kernels.triton_ghm import ghm_c_histogram, ghm_c_inputs, triton_ghm_c
-
-    target = parsed.target
-    if not parsed.is_index and parsed.valid is not None:
-        keep = parsed.valid if keep is None else keep & parsed.valid
-    inp = ghm_c_inputs(
-        logits,
-        target,
-        keep,
-        index_form=parsed.is_index,
-        ignore_index=NO_LABEL if ignore_index is None else ignore_index,
-        bins=bins,
-        reduce_sum=reduction != "none",
-    )
-    with torch.no_grad():
-        counts = ghm_c_histogram(inp)
-        per_bin, n_valid = _harmonize(counts, counts.sum(), world, ema, momentum, update)
-        if reduction == "mean":  # N_valid >= 1 (clamped), float64
-            per_bin = per_bin * (world / n_valid)
-    return triton_ghm_c(logits, inp, per_bin)
 
 
 def ghm_c_loss(
@@ -436,7 +398,9 @@ def ghm_r_forward(
     cdtype = compute_dtype(pred)
     with torch.autocast(pred.device.type, enabled=False):
         if choice.backend == "triton":
-            total_loss, total = _ghm_r_triton(
+            from ..kernels.triton_ghm import ghm_r_triton
+
+            total_loss, total = ghm_r_triton(
                 pred, target, weight, mu, bins, world, ema, momentum, update
             )
         else:
@@ -451,43 +415,20 @@ def ghm_r_forward(
                 index = bin_index(g, bins, keep)
                 counts = bin_counts(index, bins)
                 if weight is None:
-                    total = _numel_total(pred)
+                    total = numel_total(pred)
                 else:
                     total = weight.sum(dtype=torch.float64)
-                per_bin, total = _harmonize(counts, total, world, ema, momentum, update)
+                per_bin, total = harmonize(counts, total, world, ema, momentum, update)
                 w = per_bin.to(cdtype).take(index)
                 if weight is not None:
                     w = w * weight.to(cdtype)
-            total_loss = (asl1 * w).sum()
+            total_loss = exact_sum(asl1 * w)
         loss = finish(total_loss, "mean", denominator=total / world)
     return loss.to(out_dtype)
 
 
-def _numel_total(pred: Tensor) -> Tensor:
+def numel_total(pred: Tensor) -> Tensor:
     return torch.full((), float(pred.numel()), dtype=torch.float64, device=pred.device)
-
-
-@outside_compiled_graph
-def _ghm_r_triton(
-    pred: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    mu: float,
-    bins: int,
-    world: int,
-    ema: Tensor | None,
-    momentum: float,
-    update: bool,
-) -> tuple[Tensor, Tensor]:
-    """The summed, weighted ASL1 (float32) and ``N`` on the Triton kernels."""
-    from ..kernels.triton_ghm import ghm_r_histogram, ghm_r_inputs, triton_ghm_r
-
-    inp = ghm_r_inputs(pred, target, weight, mu=mu, bins=bins)
-    with torch.no_grad():
-        counts, weight_sum = ghm_r_histogram(inp)
-        total = _numel_total(pred) if weight_sum is None else weight_sum
-        per_bin, total = _harmonize(counts, total, world, ema, momentum, update)
-    return triton_ghm_r(pred, target, inp, per_bin), total
 
 
 def ghm_r_loss(

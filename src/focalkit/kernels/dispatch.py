@@ -88,7 +88,8 @@ LOSS_BACKENDS: dict[str, tuple[str, ...]] = {
     "softmax_focal_loss": ("triton", "chunked"),
     "ghm_c_loss": ("triton", "chunked"),
     "ghm_r_loss": ("triton",),
-    "box_loss": ("triton",),  # iou_loss, giou_loss, diou_loss, ciou_loss, eiou_loss, focal_eiou
+    # the IoU family: iou, giou, diou, ciou, eiou, focal_eiou, siou, wiou, mpdiou, shape_iou
+    "box_loss": ("triton",),
     "focal_l1_loss": (),
 }
 

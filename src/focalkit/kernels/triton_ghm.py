@@ -58,7 +58,11 @@ from torch import Tensor
 from triton.language.extra import libdevice
 
 from .._autograd import refuse_double_backward, stored_grad, stored_grad_dtype
+from ..functional._targets import SigmoidTargets
+from ..functional.focal import NO_LABEL
+from ..functional.ghm import harmonize, numel_total
 from ._triton_math import log1p_small
+from .dispatch import outside_compiled_graph
 from .triton_scale import apply_grad_output
 
 __all__ = [
@@ -586,3 +590,67 @@ class _TritonGHMRFunction(torch.autograd.Function):
 def triton_ghm_r(pred: Tensor, target: Tensor, inp: GHMRInputs, per_bin: Tensor) -> Tensor:
     """``sum_i lambda_i w_i ASL1(d_i)`` (0-dim, float32) with ``w_i = per_bin[bin_i]``."""
     return _TritonGHMRFunction.apply(pred, target, per_bin.to(torch.float32).contiguous(), inp)
+
+
+# --------------------------------------------------------------------------------------------
+# the GHM losses on these kernels: histogram, the shared per-bin steps, weighted loss
+# --------------------------------------------------------------------------------------------
+
+
+@outside_compiled_graph
+def ghm_c_triton(
+    logits: Tensor,
+    parsed: SigmoidTargets,
+    keep: Tensor | None,
+    bins: int,
+    ignore_index: int | None,
+    reduction: str,
+    world: int,
+    ema: Tensor | None,
+    momentum: float,
+    update: bool,
+) -> Tensor:
+    """GHM-C on the Triton kernels (float32: the reduced loss, or the elementwise one).
+    Class-index targets stay labels (rows with ``ignore_index`` dropped in the kernel);
+    integer dense targets bring their mask. The mean's ``1 / N_valid`` multiplies the
+    per-bin weights, so the kernel's stored gradient is final and ``grad_output`` is 1 after
+    a plain ``backward()`` (see :mod:`focalkit.kernels.triton_scale`)."""
+    target = parsed.target
+    if not parsed.is_index and parsed.valid is not None:
+        keep = parsed.valid if keep is None else keep & parsed.valid
+    inp = ghm_c_inputs(
+        logits,
+        target,
+        keep,
+        index_form=parsed.is_index,
+        ignore_index=NO_LABEL if ignore_index is None else ignore_index,
+        bins=bins,
+        reduce_sum=reduction != "none",
+    )
+    with torch.no_grad():
+        counts = ghm_c_histogram(inp)
+        per_bin, n_valid = harmonize(counts, counts.sum(), world, ema, momentum, update)
+        if reduction == "mean":  # N_valid >= 1 (clamped), float64
+            per_bin = per_bin * (world / n_valid)
+    return triton_ghm_c(logits, inp, per_bin)
+
+
+@outside_compiled_graph
+def ghm_r_triton(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    mu: float,
+    bins: int,
+    world: int,
+    ema: Tensor | None,
+    momentum: float,
+    update: bool,
+) -> tuple[Tensor, Tensor]:
+    """The summed, weighted ASL1 (float32) and ``N`` on the Triton kernels."""
+    inp = ghm_r_inputs(pred, target, weight, mu=mu, bins=bins)
+    with torch.no_grad():
+        counts, weight_sum = ghm_r_histogram(inp)
+        total = numel_total(pred) if weight_sum is None else weight_sum
+        per_bin, total = harmonize(counts, total, world, ema, momentum, update)
+    return triton_ghm_r(pred, target, inp, per_bin), total

@@ -3,6 +3,7 @@
 from .box import CIoULoss, DIoULoss, EIoULoss, FocalEIoULoss, FocalL1Loss, GIoULoss, IoULoss
 from .focal import SigmoidFocalLoss, SoftmaxFocalLoss
 from .ghm import GHMCLoss, GHMRLoss
+from .iou_family import MPDIoULoss, ShapeIoULoss, SIoULoss, WIoULoss
 
 __all__ = [
     "CIoULoss",
@@ -14,6 +15,10 @@ __all__ = [
     "GHMRLoss",
     "GIoULoss",
     "IoULoss",
+    "MPDIoULoss",
+    "SIoULoss",
+    "ShapeIoULoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
+    "WIoULoss",
 ]

@@ -1,11 +1,15 @@
 """Module forms of the box regression losses. Each has the keyword signature of its function
 in :mod:`focalkit.functional.box`, checks it once and makes one call into the function.
 ``forward`` takes ``(pred_boxes, target_boxes)`` and, per batch, ``weight`` and
-``normalizer``, which override the constructor's (see :mod:`focalkit.nn._base`)."""
+``normalizer``, which override the constructor's (see :mod:`focalkit.nn._base`). Every
+IoU-family Module takes Inner-IoU's ``inner_ratio`` and Focaler-IoU's ``focaler``; IoU, GIoU,
+DIoU and CIoU also Alpha-IoU's ``power``. SIoU, Wise-IoU, MPDIoU and Shape-IoU are in
+:mod:`focalkit.nn.iou_family`."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
@@ -15,8 +19,11 @@ from .._checks import (
     IOU_MODES,
     check_choice,
     check_focal_l1,
+    check_focaler,
+    check_inner_ratio,
     check_nonnegative,
     check_positive,
+    check_power,
 )
 from ..functional.box import (
     ciou_loss,
@@ -41,11 +48,14 @@ __all__ = [
 
 
 class _BoxLoss(LossModule):
-    """Stores the keywords every IoU-family loss shares; ``_call`` passes them on."""
+    """Stores the keywords every IoU-family loss shares (Inner-IoU's ``inner_ratio`` and
+    Focaler-IoU's ``focaler`` included); ``_common`` passes them on."""
 
     def __init__(
         self,
         *,
+        inner_ratio: float | None,
+        focaler: Sequence[float] | None,
         box_format: str,
         eps: float,
         weight: Tensor | None,
@@ -63,12 +73,16 @@ class _BoxLoss(LossModule):
         )
         check_choice("box_format", box_format, BOX_FORMATS)
         check_positive("eps", eps)
+        self.inner_ratio = check_inner_ratio(inner_ratio)
+        self.focaler = check_focaler(focaler)
         self.box_format = box_format
         self.eps = eps
         self.validate = validate
 
     def _common(self, weight: Tensor | None, normalizer: float | Tensor | None) -> dict[str, Any]:
         return {
+            "inner_ratio": self.inner_ratio,
+            "focaler": self.focaler,
             "box_format": self.box_format,
             "eps": self.eps,
             "weight": self.call_weight(weight),
@@ -79,25 +93,36 @@ class _BoxLoss(LossModule):
         }
 
     def extra_repr(self) -> str:
+        mods = "".join(
+            f"{name}={getattr(self, name)!r}, "
+            for name in ("power", "inner_ratio", "focaler")
+            if getattr(self, name, None) not in (None, 1.0)
+        )
         return (
-            f"box_format={self.box_format!r}, eps={self.eps}, "
+            f"{mods}box_format={self.box_format!r}, eps={self.eps}, "
             f"reduction={self.reduction!r}, backend={self.backend!r}"
         )
 
 
 class IoULoss(_BoxLoss):
-    """Module form of :func:`focalkit.iou_loss` (``mode="linear"``: 1 - IoU, ``"log"``: -log IoU).
+    """Module form of :func:`focalkit.iou_loss` (``mode="linear"``: 1 - IoU, ``"log"``: -log IoU;
+    ``power``: Alpha-IoU's ``1 - IoU^a``).
 
     Example:
         >>> import torch, focalkit as fk
         >>> fk.IoULoss()(torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([[1.0, 1, 5, 5]]))
         tensor(0.6087)
+        >>> fk.IoULoss(inner_ratio=0.7)(torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([[1.0, 1, 5, 5]]))
+        tensor(0.7395)
     """
 
     def __init__(
         self,
         mode: str = "linear",
         *,
+        power: float = 1.0,
+        inner_ratio: float | None = None,
+        focaler: Sequence[float] | None = None,
         box_format: str = "xyxy",
         eps: float = 1e-7,
         weight: Tensor | None = None,
@@ -107,7 +132,14 @@ class IoULoss(_BoxLoss):
         backend: str = "auto",
     ) -> None:
         check_choice("mode", mode, IOU_MODES)
+        if mode == "log" and check_power(power) != 1:
+            raise ValueError(
+                f"power: Alpha-IoU is 1 - IoU^a, defined for mode='linear'; got power={power!r} "
+                "with mode='log'"
+            )
         super().__init__(
+            inner_ratio=inner_ratio,
+            focaler=focaler,
             box_format=box_format,
             eps=eps,
             weight=weight,
@@ -117,6 +149,7 @@ class IoULoss(_BoxLoss):
             backend=backend,
         )
         self.mode = mode
+        self.power = check_power(power)
 
     def forward(
         self,
@@ -127,7 +160,11 @@ class IoULoss(_BoxLoss):
         normalizer: float | Tensor | None = None,
     ) -> Tensor:
         return iou_loss(
-            pred_boxes, target_boxes, mode=self.mode, **self._common(weight, normalizer)
+            pred_boxes,
+            target_boxes,
+            mode=self.mode,
+            power=self.power,
+            **self._common(weight, normalizer),
         )
 
     def extra_repr(self) -> str:
@@ -146,6 +183,9 @@ class GIoULoss(_BoxLoss):
     def __init__(
         self,
         *,
+        power: float = 1.0,
+        inner_ratio: float | None = None,
+        focaler: Sequence[float] | None = None,
         box_format: str = "xyxy",
         eps: float = 1e-7,
         weight: Tensor | None = None,
@@ -155,6 +195,8 @@ class GIoULoss(_BoxLoss):
         backend: str = "auto",
     ) -> None:
         super().__init__(
+            inner_ratio=inner_ratio,
+            focaler=focaler,
             box_format=box_format,
             eps=eps,
             weight=weight,
@@ -163,6 +205,7 @@ class GIoULoss(_BoxLoss):
             validate=validate,
             backend=backend,
         )
+        self.power = check_power(power)
 
     def forward(
         self,
@@ -172,7 +215,12 @@ class GIoULoss(_BoxLoss):
         weight: Tensor | None = None,
         normalizer: float | Tensor | None = None,
     ) -> Tensor:
-        return giou_loss(pred_boxes, target_boxes, **self._common(weight, normalizer))
+        return giou_loss(
+            pred_boxes,
+            target_boxes,
+            power=self.power,
+            **self._common(weight, normalizer),
+        )
 
 
 class DIoULoss(_BoxLoss):
@@ -187,6 +235,9 @@ class DIoULoss(_BoxLoss):
     def __init__(
         self,
         *,
+        power: float = 1.0,
+        inner_ratio: float | None = None,
+        focaler: Sequence[float] | None = None,
         box_format: str = "xyxy",
         eps: float = 1e-7,
         weight: Tensor | None = None,
@@ -196,6 +247,8 @@ class DIoULoss(_BoxLoss):
         backend: str = "auto",
     ) -> None:
         super().__init__(
+            inner_ratio=inner_ratio,
+            focaler=focaler,
             box_format=box_format,
             eps=eps,
             weight=weight,
@@ -204,6 +257,7 @@ class DIoULoss(_BoxLoss):
             validate=validate,
             backend=backend,
         )
+        self.power = check_power(power)
 
     def forward(
         self,
@@ -213,21 +267,34 @@ class DIoULoss(_BoxLoss):
         weight: Tensor | None = None,
         normalizer: float | Tensor | None = None,
     ) -> Tensor:
-        return diou_loss(pred_boxes, target_boxes, **self._common(weight, normalizer))
+        return diou_loss(
+            pred_boxes,
+            target_boxes,
+            power=self.power,
+            **self._common(weight, normalizer),
+        )
 
 
 class CIoULoss(_BoxLoss):
-    """Module form of :func:`focalkit.ciou_loss` (the trade-off ``a`` is constant in backward).
+    """Module form of :func:`focalkit.ciou_loss` (the trade-off ``a`` is constant in backward;
+    ``aspect_gate=True``: mmdetection's / the CIoU authors' later form, ``a = 0`` where
+    ``IoU <= 0.5`` and the loss clamped to ``[0, 2]``).
 
     Example:
         >>> import torch, focalkit as fk
         >>> fk.CIoULoss()(torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([[1.0, 1, 5, 5]]))
         tensor(0.6487)
+        >>> fk.CIoULoss(power=3.0)(torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([[1.0, 1, 5, 5]]))
+        tensor(0.9401)
     """
 
     def __init__(
         self,
         *,
+        aspect_gate: bool = False,
+        power: float = 1.0,
+        inner_ratio: float | None = None,
+        focaler: Sequence[float] | None = None,
         box_format: str = "xyxy",
         eps: float = 1e-7,
         weight: Tensor | None = None,
@@ -237,6 +304,8 @@ class CIoULoss(_BoxLoss):
         backend: str = "auto",
     ) -> None:
         super().__init__(
+            inner_ratio=inner_ratio,
+            focaler=focaler,
             box_format=box_format,
             eps=eps,
             weight=weight,
@@ -245,6 +314,8 @@ class CIoULoss(_BoxLoss):
             validate=validate,
             backend=backend,
         )
+        self.aspect_gate = bool(aspect_gate)
+        self.power = check_power(power)
 
     def forward(
         self,
@@ -254,7 +325,16 @@ class CIoULoss(_BoxLoss):
         weight: Tensor | None = None,
         normalizer: float | Tensor | None = None,
     ) -> Tensor:
-        return ciou_loss(pred_boxes, target_boxes, **self._common(weight, normalizer))
+        return ciou_loss(
+            pred_boxes,
+            target_boxes,
+            aspect_gate=self.aspect_gate,
+            power=self.power,
+            **self._common(weight, normalizer),
+        )
+
+    def extra_repr(self) -> str:
+        return f"aspect_gate={self.aspect_gate}, " + super().extra_repr()
 
 
 class EIoULoss(_BoxLoss):
@@ -270,6 +350,8 @@ class EIoULoss(_BoxLoss):
     def __init__(
         self,
         *,
+        inner_ratio: float | None = None,
+        focaler: Sequence[float] | None = None,
         box_format: str = "xyxy",
         eps: float = 1e-7,
         weight: Tensor | None = None,
@@ -279,6 +361,8 @@ class EIoULoss(_BoxLoss):
         backend: str = "auto",
     ) -> None:
         super().__init__(
+            inner_ratio=inner_ratio,
+            focaler=focaler,
             box_format=box_format,
             eps=eps,
             weight=weight,
@@ -296,7 +380,11 @@ class EIoULoss(_BoxLoss):
         weight: Tensor | None = None,
         normalizer: float | Tensor | None = None,
     ) -> Tensor:
-        return eiou_loss(pred_boxes, target_boxes, **self._common(weight, normalizer))
+        return eiou_loss(
+            pred_boxes,
+            target_boxes,
+            **self._common(weight, normalizer),
+        )
 
 
 class FocalEIoULoss(_BoxLoss):
@@ -312,6 +400,8 @@ class FocalEIoULoss(_BoxLoss):
         self,
         gamma: float = 0.5,
         *,
+        inner_ratio: float | None = None,
+        focaler: Sequence[float] | None = None,
         box_format: str = "xyxy",
         eps: float = 1e-7,
         weight: Tensor | None = None,
@@ -322,6 +412,8 @@ class FocalEIoULoss(_BoxLoss):
     ) -> None:
         check_nonnegative("gamma", gamma)
         super().__init__(
+            inner_ratio=inner_ratio,
+            focaler=focaler,
             box_format=box_format,
             eps=eps,
             weight=weight,
@@ -341,7 +433,10 @@ class FocalEIoULoss(_BoxLoss):
         normalizer: float | Tensor | None = None,
     ) -> Tensor:
         return focal_eiou_loss(
-            pred_boxes, target_boxes, gamma=self.gamma, **self._common(weight, normalizer)
+            pred_boxes,
+            target_boxes,
+            gamma=self.gamma,
+            **self._common(weight, normalizer),
         )
 
     def extra_repr(self) -> str:

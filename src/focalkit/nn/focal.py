@@ -30,6 +30,7 @@ class _FocalLossBase(LossModule):
     p_hat: Tensor
     p_hat_initialized: Tensor
     alpha: Alpha
+    gamma: Gamma
 
     def __init__(
         self,
@@ -46,7 +47,8 @@ class _FocalLossBase(LossModule):
             loss=loss, weight=weight, reduction=reduction, normalizer=normalizer, backend=backend
         )
         self.auto = gamma == "auto"
-        self.gamma = gamma if self.auto else check_gamma(gamma)
+        # a tensor gamma is a buffer (it follows .to()); "auto" keeps its estimate in p_hat
+        self.store("gamma", gamma if self.auto else check_gamma(gamma))
         self.store("alpha", alpha)
         check_unit_interval("auto_momentum", auto_momentum, closed_right=False)
         self.auto_momentum = float(auto_momentum)

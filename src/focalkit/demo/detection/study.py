@@ -2,8 +2,9 @@
 
 What it compares: classification losses (``bce``, ``alpha_bce``, ``focal``, ``ghmc``) with the
 box loss fixed at RetinaNet's smooth L1, and box losses (``smooth_l1``, ``giou``, ``ciou``,
-``eiou``, ``focal_eiou``, ``ghmr``) with the classification loss fixed at focal loss, on the
-same detector, data, initialisation, optimiser, learning-rate schedule and number of steps.
+``eiou``, ``focal_eiou``, ``ghmr``, ``siou``, ``wiou``, ``inner_ciou``) with the
+classification loss fixed at focal loss, on the same detector, data, initialisation,
+optimiser, learning-rate schedule and number of steps.
 
 Data (:mod:`.data`): generated scenes (squares, discs, triangles of random colours, mostly
 COCO-small, on backgrounds of noise, gradients, soft blobs and lines); train and test splits
@@ -41,6 +42,16 @@ Losses, all normalised by the number of positive anchors in the batch (RetinaNet
   decoded to boxes and the loss applied to (decoded box, gt box) pairs, ``normalizer=num_pos``,
   loss weight 1 (``iou_loss_weight``): ``1 - GIoU`` of an anchor-quality match is 0.2..0.6 per
   positive, the same order as smooth L1's summed deltas, so no re-scaling is needed.
+* ``siou`` (``fk.siou_loss``, the paper's sign, theta 4), ``inner_ciou``
+  (``fk.ciou_loss(inner_ratio=0.7)``, Inner-CIoU with the common downstream ratio: positives
+  are matched at IoU >= 0.5, the high-IoU regime the paper gives ratios < 1 for) and
+  ``wiou`` (Wise-IoU v3 through ``fk.WIoULoss``, so its running mean of ``1 - IoU`` is state
+  of the run's criterion, updated before each training step's loss): decoded boxes as above,
+  ``normalizer=num_pos``, loss weight 1. Wise-IoU's momentum follows the authors' rule
+  ``m = 1 - 0.05^(1 / (n t))`` (:func:`focalkit.wiou_momentum`) with ``n t`` = half the
+  training steps (``n`` batches per epoch times ``t``, the epoch where mAP stops rising
+  quickly, taken as half of training): their default ``n t = 890 * 34`` would leave the
+  mean at its start, 1.0, for a run of a few hundred steps.
 
 Optimisation: AdamW (lr ``lr``, weight decay ``weight_decay``), linear warm-up then cosine
 decay to 0, ``steps`` steps of ``batch_size`` images; the last model is evaluated (the test set
@@ -105,7 +116,17 @@ __all__ = [
 ]
 
 CLS_LOSSES = ("bce", "alpha_bce", "focal", "ghmc")
-BOX_LOSSES = ("smooth_l1", "giou", "ciou", "eiou", "focal_eiou", "ghmr")
+BOX_LOSSES = (
+    "smooth_l1",
+    "giou",
+    "ciou",
+    "eiou",
+    "focal_eiou",
+    "ghmr",
+    "siou",
+    "wiou",
+    "inner_ciou",
+)
 DEFAULT_CLS, DEFAULT_BOX = "focal", "smooth_l1"  # the RetinaNet default
 STRIDES = (8, 16)  # feature levels of TinyRetinaNet (P3, P4)
 IGNORE = -100
@@ -206,7 +227,7 @@ def detection_setting(preset: str) -> DetectionSetting:
 
 def detection_runs() -> list[tuple[str, str]]:
     """``(cls_loss, box_loss)`` pairs: every classification loss with the default box loss,
-    then every other box loss with the default classification loss (9 runs)."""
+    then every other box loss with the default classification loss (12 runs)."""
     runs = [(cls, DEFAULT_BOX) for cls in CLS_LOSSES]
     runs += [(DEFAULT_CLS, box) for box in BOX_LOSSES if box != DEFAULT_BOX]
     return runs
@@ -328,6 +349,9 @@ class _Criterion(nn.Module):
         self.cls_loss, self.box_loss, self.setting = cls_loss, box_loss, setting
         self.ghmc = fk.GHMCLoss(bins=30, momentum=0.75) if cls_loss == "ghmc" else None
         self.ghmr = fk.GHMRLoss(mu=0.02, bins=10, momentum=0.7) if box_loss == "ghmr" else None
+        # Wise-IoU v3 keeps its running mean of 1 - IoU as Module state; n t = half the steps
+        momentum = fk.wiou_momentum(1, max(1, setting.steps // 2))
+        self.wiou = fk.WIoULoss(version=3, momentum=momentum) if box_loss == "wiou" else None
 
     def forward(
         self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: _Targets
@@ -364,8 +388,16 @@ class _Criterion(nn.Module):
             anchor_boxes = anchors.expand(logits.shape[0], -1, -1).reshape(-1, 4)[positive]
             pred_boxes = decode_boxes(pred, anchor_boxes, setting.box_weights)
             target_boxes = targets.boxes.reshape(-1, 4)[positive]
-            fn = getattr(fk, f"{self.box_loss}_loss")
-            loss_box = setting.iou_loss_weight * fn(pred_boxes, target_boxes, normalizer=num_pos)
+            if self.wiou is not None:
+                loss_box = self.wiou(pred_boxes, target_boxes, normalizer=num_pos)
+            elif self.box_loss == "inner_ciou":
+                loss_box = fk.ciou_loss(
+                    pred_boxes, target_boxes, inner_ratio=0.7, normalizer=num_pos
+                )
+            else:
+                fn = getattr(fk, f"{self.box_loss}_loss")
+                loss_box = fn(pred_boxes, target_boxes, normalizer=num_pos)
+            loss_box = setting.iou_loss_weight * loss_box
         return loss_cls, loss_box
 
 
