@@ -164,7 +164,7 @@ def test_an_option_no_loss_takes_lists_what_each_accepts():
     assert (
         "classification='focal' (focalkit.sigmoid_focal_loss) takes: alpha, backend, gamma" in text
     )
-    assert "box='giou' (focalkit.giou_loss) takes: backend, eps, validate" in text
+    assert "box='giou' (focalkit.giou_loss) takes: backend, eps" in text
 
 
 def test_unknown_names_and_unavailable_functions():
