@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 import focalkit as fk
 from _ghm_box_refs import ciou_alpha, random_boxes, torch_ciou_v
+from _iou_family_refs import parts, wiou_factor
 from conftest import (
     IGNORE,
     REDUCTIONS,
@@ -107,6 +108,7 @@ class Loss:
     normalizer: bool = True
     module_extra: dict = field(default_factory=dict)  # Module keywords so that Module == function
     module_defaults_differ: frozenset[str] = frozenset()  # documented different defaults
+    module_state: frozenset[str] = frozenset()  # function keywords the Module keeps as state
     tensor_hypers: tuple[str, ...] = ()  # ids of TENSOR_HYPERS the Module takes
     double_backward: str | None = None  # None: exact second derivatives; else the refusal
     freeze: Callable | None = None  # gradcheck: freeze the factors that are detached in backward
@@ -460,7 +462,7 @@ GHM_R = Loss(
 # --- the IoU family -------------------------------------------------------------------------
 
 
-def _boxes(fmt: str, batched: bool = False, **hyper):
+def _boxes(fmt: str, batched: bool = False, **hyper) -> Callable[..., Problem]:
     """``n`` target boxes (``2 n`` in a (2, n, 4) batch) of sizes >= 1 in ``fmt``, and
     predictions within 0.2 of them per coordinate (every pair overlaps: IoU > 0)."""
 
@@ -531,15 +533,31 @@ def _freeze_focal_eiou(fn, p0: Tensor, target: Tensor, kw: dict) -> Callable[[Te
     return f
 
 
-def _box_loss(fn, module, forms=(), freeze=None, compile_batched=False) -> Loss:
+def _box_loss(
+    fn,
+    module,
+    forms=(),
+    freeze=None,
+    compile_batched=False,
+    common: dict | None = None,
+    state: tuple[str, ...] = (),
+    **extra,
+) -> Loss:
+    """A row of the IoU family: the three box formats (with the ``common`` keywords, e.g. a
+    required ``image_size``), plus ``forms``."""
+    common = common or {}
     return Loss(
         name=fn.__name__,
         fn=fn,
         module=module,
         forms=(
-            Form("xyxy", _boxes("xyxy"), compiled=True),
-            Form("xywh", _boxes("xywh")),
-            Form("cxcywh-batched", _boxes("cxcywh", batched=True), compiled=compile_batched),
+            Form("xyxy", _boxes("xyxy", **common), compiled=True),
+            Form("xywh", _boxes("xywh", **common)),
+            Form(
+                "cxcywh-batched",
+                _boxes("cxcywh", batched=True, **common),
+                compiled=compile_batched,
+            ),
             *forms,
         ),
         input_name="pred_boxes",
@@ -565,13 +583,22 @@ def _box_loss(fn, module, forms=(), freeze=None, compile_batched=False) -> Loss:
                 ),
             ),
         ),
-        tensor_hypers=("weight", "normalizer"),
+        tensor_hypers=("weight", "normalizer", *state),
         freeze=freeze,
+        **extra,
     )
 
 
 IOU = _box_loss(fk.iou_loss, fk.IoULoss, forms=(Form("log", _boxes("xyxy", mode="log")),))
-GIOU = _box_loss(fk.giou_loss, fk.GIoULoss, compile_batched=True)
+GIOU = _box_loss(
+    fk.giou_loss,
+    fk.GIoULoss,
+    forms=(  # the modifiers (no factor of theirs is detached with GIoU)
+        Form("xyxy-power3", _boxes("xyxy", power=3.0)),
+        Form("xywh-inner-focaler", _boxes("xywh", inner_ratio=0.7, focaler=(0.0, 0.95))),
+    ),
+    compile_batched=True,
+)
 DIOU = _box_loss(fk.diou_loss, fk.DIoULoss)
 CIOU = _box_loss(fk.ciou_loss, fk.CIoULoss, freeze=_freeze_ciou)
 EIOU = _box_loss(fk.eiou_loss, fk.EIoULoss)
@@ -583,6 +610,72 @@ FOCAL_EIOU = _box_loss(
         Form("xyxy-gamma0", _boxes("xyxy", gamma=0.0)),
     ),
     freeze=_freeze_focal_eiou,
+)
+
+SIOU = _box_loss(
+    fk.siou_loss,
+    fk.SIoULoss,
+    forms=(
+        Form("xyxy-mmdet-sign", _boxes("xyxy", paper_sign=False, clamp=True)),
+        Form("xywh-inner-theta2", _boxes("xywh", inner_ratio=1.3, theta=2.0)),
+    ),
+)
+MPDIOU = _box_loss(
+    fk.mpdiou_loss,
+    fk.MPDIoULoss,
+    forms=(Form("xyxy-focaler", _boxes("xyxy", image_size=(12.0, 16.0), focaler=(0.2, 0.8))),),
+    common={"image_size": (24.0, 32.0)},
+)
+SHAPE_IOU = _box_loss(
+    fk.shape_iou_loss,
+    fk.ShapeIoULoss,
+    forms=(Form("xyxy-scale1", _boxes("xyxy", scale=1.0)),),
+)
+
+
+def _freeze_wiou(fn, p0: Tensor, target: Tensor, kw: dict) -> Callable[[Tensor], Tensor]:
+    """Wise-IoU ``L = f(L_IoU*) exp(rho^2 / c^2*) L_IoU``: its focusing factor ``f`` and the
+    enclosing box's ``c^2`` are detached. A weight ``f0 / f(p*) exp(rho^2 (1 / c0^2 -
+    1 / c^2(p*)))`` (``*``: from the detached input, ``0``: at ``p0``; ``rho^2``
+    differentiated) turns the loss into ``f0 exp(rho^2 / c0^2) L_IoU``, whose derivatives of
+    every order autograd and gradcheck agree on."""
+    version, mean = kw.get("version", 3), kw.get("iou_mean", 1.0)
+    t = _as_xyxy(target, kw).reshape(-1, 4)
+
+    def geometry(p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q = _as_xyxy(p, kw).reshape(-1, 4)
+        rho2 = 0.25 * (
+            (q[:, 0] + q[:, 2] - t[:, 0] - t[:, 2]) ** 2
+            + (q[:, 1] + q[:, 3] - t[:, 1] - t[:, 3]) ** 2
+        )
+        cw = torch.maximum(q[:, 2], t[:, 2]) - torch.minimum(q[:, 0], t[:, 0])
+        ch = torch.maximum(q[:, 3], t[:, 3]) - torch.minimum(q[:, 1], t[:, 1])
+        rows = zip(q.detach().tolist(), t.tolist(), strict=True)
+        factor = [wiou_factor(1 - parts(b, c)["iou"], mean, version) for b, c in rows]
+        return rho2, (cw * cw + ch * ch).detach(), torch.tensor(factor, dtype=p.dtype)
+
+    _, c0, f0 = geometry(p0.detach())
+
+    def f(p: Tensor) -> Tensor:
+        rho2, c2, factor = geometry(p)
+        eps = kw.get("eps", 1e-7)
+        w = f0 / factor * torch.exp(rho2 * (1 / (c0 + eps) - 1 / (c2 + eps)))
+        w = w.reshape(p.shape[:-1])
+        if kw.get("weight") is not None:
+            w = w * kw["weight"]
+        return fn(p, target, **{**kw, "weight": w})
+
+    return f
+
+
+WIOU = _box_loss(
+    fk.wiou_loss,
+    fk.WIoULoss,
+    forms=(Form("xyxy-v1", _boxes("xyxy", version=1)), Form("xywh-v2", _boxes("xywh", version=2))),
+    freeze=_freeze_wiou,
+    state=("wiou-state",),  # the Module's running mean is a float64 buffer
+    module_extra={"momentum": 0.0},  # the running mean stays 1.0, the function's iou_mean
+    module_state=frozenset({"iou_mean"}),
 )
 
 # --- FocalL1 --------------------------------------------------------------------------------
@@ -634,6 +727,10 @@ LOSSES: tuple[Loss, ...] = (
     CIOU,
     EIOU,
     FOCAL_EIOU,
+    SIOU,
+    MPDIOU,
+    SHAPE_IOU,
+    WIOU,
     FOCAL_L1,
 )
 BY_NAME = {loss.name: loss for loss in LOSSES}
@@ -763,6 +860,9 @@ def test_the_row_declares_the_keywords_of_the_signatures(name):
     for keyword in ("weight", "normalizer"):  # the per-call overrides
         assert (keyword in forward) == has[keyword], keyword
     for keyword, param in list(fn.items())[2:]:
+        if keyword in loss.module_state:  # e.g. Wise-IoU's mean: a buffer of the Module
+            assert keyword not in ctor and keyword not in forward, keyword
+            continue
         assert keyword in ctor or keyword in forward, keyword
         other = ctor[keyword] if keyword in ctor else forward[keyword]
         if keyword not in loss.module_defaults_differ:
@@ -876,6 +976,7 @@ TENSOR_HYPERS: dict[str, tuple[str, Callable[[Loss, Problem], dict]]] = {
     "alpha-list": ("alpha", lambda loss, p: {"alpha": list(_alpha_values(loss))}),
     "gamma-tensor": ("gamma", lambda loss, p: {"gamma": torch.tensor(1.5)}),
     "state": ("bin_count_ema", lambda loss, p: {}),  # the GHM Modules' EMA of the counts
+    "wiou-state": ("iou_mean", lambda loss, p: {}),  # Wise-IoU's running mean of L_IoU
 }
 
 

@@ -2,9 +2,11 @@
 module with examples, found by walking the package (this is the only place doctests of the
 source run; ``make test`` passes no ``--doctest-modules``).
 
-Left out, as optional dependencies: the command line (``focalkit.cli``, with the demo and
-the benchmarks, and ``focalkit.__main__``, which runs it on import) and the Triton kernels
-(``kernels/triton_*.py`` and ``kernels/_triton_*.py`` import triton). Examples run with no
+Left out, as optional dependencies: the command line (``focalkit.cli``), the demo
+(``focalkit.demo``), the benchmarks (``focalkit.bench``), the integrations with other
+training stacks (``focalkit.integrations``), every ``__main__`` module (it runs a command on
+import) and the Triton kernels (``kernels/triton_*.py`` and ``kernels/_triton_*.py`` import
+triton). Examples run with no
 option flags: a directive such as ``# doctest: +ELLIPSIS`` is written on its example.
 """
 
@@ -19,12 +21,14 @@ import pytest
 
 import focalkit
 
-OPTIONAL = ("focalkit.cli", "focalkit.__main__")
+OPTIONAL = ("focalkit.cli", "focalkit.demo", "focalkit.bench", "focalkit.integrations")
 
 
 def _optional(name: str) -> bool:
     leaf = name.rsplit(".", 1)[-1]
-    return name.startswith(OPTIONAL) or leaf.startswith(("triton_", "_triton_"))
+    return (
+        name.startswith(OPTIONAL) or leaf == "__main__" or leaf.startswith(("triton_", "_triton_"))
+    )
 
 
 def _modules(package: ModuleType = focalkit) -> list[str]:
