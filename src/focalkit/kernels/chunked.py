@@ -1,5 +1,5 @@
-"""The ``"chunked"`` backend: the CPU fast paths of the sigmoid and softmax focal losses and
-of GHM-C.
+"""The ``"chunked"`` backend: the CPU fast paths of the sigmoid family (focal loss, QFL, VFL),
+the softmax family (softmax focal loss, Poly-1 cross-entropy) and GHM-C.
 
 Each walks its input in cache-sized chunks. The focal losses write every elementwise op into
 a few scratch buffers allocated once per call (``out=``) rather than allocating a fresh
@@ -22,10 +22,14 @@ from torch import Tensor
 
 from .._compat import compute_dtype
 from ..functional.focal import (
+    FOCAL,
+    QUALITY,
+    VARIFOCAL,
     GammaPlan,
+    Modulation,
     SigmoidSpec,
     sigmoid_focal_plain,
-    sigmoid_focal_terms,
+    sigmoid_terms,
     softmax_focal_terms,
 )
 from ..functional.ghm import gradient_norm, index_dtype, scaled_bins, weighted_bce_plain
@@ -202,8 +206,9 @@ def _binary_chunk(
 def _index_chunk(
     x: Tensor,
     labels: Tensor,
+    scores: Tensor | None,
     valid: Tensor | None,
-    gamma: GammaPlan,
+    mod: Modulation,
     factors: tuple[Tensor, Tensor] | None,
     views: _ChunkViews,
     loss_out: Tensor | None,
@@ -212,7 +217,12 @@ def _index_chunk(
     """Class-index targets on one ``(R, C)`` chunk without a one-hot tensor: every element as
     a negative through :func:`_hard_chunk` (the positives' slots left out of the sum, ignored
     rows scaled by 0), then the (at most one per row) positive recomputed with
-    :func:`~focalkit.functional.focal.sigmoid_focal_terms` at ``y = 1`` and scattered in."""
+    :func:`~focalkit.functional.focal.sigmoid_terms` at its target (1, or its ``scores``
+    entry) and scattered in.
+
+    Every loss of the sigmoid family is focal loss's negative term at ``y = 0`` (QFL:
+    ``p^beta BCE(x, 0)``, no alpha; VFL: ``alpha p^gamma BCE(x, 0)``), so ``_hard_chunk``
+    serves them all; ``factors`` are (the negatives' factor, the positives' alpha)."""
     num_classes = x.shape[-1]
     bufs = views.bufs
     scale: Tensor | float | None
@@ -235,14 +245,13 @@ def _index_chunk(
     is_pos = is_pos.unsqueeze(-1)
     col = labels.clamp(0, num_classes - 1).unsqueeze(-1)
     drop = (col, is_pos.logical_not().to(x.dtype))
-    partial = _hard_chunk(x, gamma.value, scale, None, loss_out, grad_out, bufs, drop)
-    a_pos = None  # the positive's factor alpha * pos_weight, as its alpha at y = 1
+    partial = _hard_chunk(x, mod.gamma.value, scale, None, loss_out, grad_out, bufs, drop)
+    a_pos = None  # focal: the positive's factor alpha * pos_weight, as its alpha at y = 1
     if factors is not None:
         a_pos = factors[1][col] if factors[1].dim() else factors[1]
     x_pos = x.gather(-1, col)
-    loss_pos, grad_pos = sigmoid_focal_terms(
-        x_pos, torch.ones_like(x_pos), gamma, a_pos, grad_out is not None
-    )
+    y_pos = torch.ones_like(x_pos) if scores is None else scores.to(x.dtype).unsqueeze(-1)
+    loss_pos, grad_pos = sigmoid_terms(x_pos, y_pos, mod, a_pos, grad_out is not None)
     if grad_out is not None and grad_pos is not None:
         _put_positives(grad_out, col, is_pos, grad_pos)
     if loss_out is not None:
@@ -276,27 +285,48 @@ def _hard_factors(
     return 1 - alpha_pos, alpha_pos * pos_weight
 
 
+def _family_factors(
+    mod: Modulation, alpha: Tensor | None, pos_weight: Tensor | None
+) -> tuple[Tensor, Tensor] | None:
+    """(the negatives' factor, the positives' alpha) of the hard paths: focal
+    :func:`_hard_factors`; QFL none; VFL ``alpha`` for the negatives (also passed to the
+    positives, whose target may be 0)."""
+    if mod.kind == FOCAL:
+        return _hard_factors(alpha, pos_weight)
+    if mod.kind == VARIFOCAL and alpha is not None:
+        return alpha, alpha
+    return None
+
+
 def sigmoid_focal_chunked(
     logits: Tensor,
     target: Tensor,
+    scores: Tensor | None,
     valid: Tensor | None,
     weight: Tensor | None,
-    alpha_pos: Tensor | None,
+    alpha: Tensor | None,
     pos_weight: Tensor | None,
     spec: SigmoidSpec,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`~focalkit.functional.focal.sigmoid_focal_plain` (same arguments and results)
-    chunk by chunk. Dense targets are chunked by elements whatever the shape (a ``(N,)`` or
-    ``(B, 1, H, W)`` tensor as well as ``(N, C)``), except with a per-class alpha or
-    ``pos_weight``, which need whole rows; class indices by rows."""
+    chunk by chunk, for every loss of the sigmoid family. Dense targets are chunked by
+    elements whatever the shape (a ``(N,)`` or ``(B, 1, H, W)`` tensor as well as ``(N, C)``),
+    except with a per-class alpha or ``pos_weight``, which need whole rows; class indices by
+    rows. Specialised: class indices (focal loss, QFL, VFL: the negatives through
+    :func:`_hard_chunk`, the positives gathered, computed at their score and scattered) and
+    dense 0/1 chunks of focal loss and QFL (at ``y`` in {0, 1}, QFL is focal loss with
+    ``gamma = beta`` and no alpha); other chunks (and every chunk of ASL and of Poly-1 focal)
+    go through the plain formula."""
     cdtype = compute_dtype(logits)
-    factors = _hard_factors(alpha_pos, pos_weight)
+    mod = spec.mod
+    factors = _family_factors(mod, alpha, pos_weight)
     per_class = factors is not None and max(factors[0].dim(), factors[1].dim()) == 1
     cols = logits.shape[-1] if (spec.index_form or per_class) and logits.dim() else 1
     x2 = logits.reshape(-1, cols)
     rows = x2.shape[0]
     t2 = target.reshape(rows) if spec.index_form else target.reshape(rows, cols)
+    s2 = None if scores is None else scores.reshape(rows)
     v2 = None
     if valid is not None:
         v2 = valid.reshape(rows) if spec.index_form else valid.reshape(rows, cols)
@@ -306,17 +336,24 @@ def sigmoid_focal_chunked(
     out = None if spec.reduce_sum else torch.empty((rows, cols), dtype=cdtype, device=x2.device)
     total = torch.zeros((), dtype=torch.float64, device=logits.device)
     step = max(1, FOCAL_CHUNK_ELEMENTS // cols)
-    # a float gamma and no elementwise weight: hard chunks go through the scratch buffers
+    # a float exponent, no Poly-1 term and no elementwise weight: hard and index chunks go
+    # through the scratch buffers (dense 0/1 chunks for focal loss and QFL only)
     scratch = None
-    if spec.gamma.is_plain() and w2 is None and rows:
+    binary_ok = mod.kind in (FOCAL, QUALITY)
+    hard_ok = mod.kind in (FOCAL, QUALITY, VARIFOCAL)  # ASL's negatives are not focal's
+    if hard_ok and spec.gamma.is_plain() and mod.epsilon == 0 and w2 is None and rows:
         # broadcast factors are needed except for scalar ones on index targets (floats there)
         broadcast = factors is not None and (per_class or not spec.index_form)
-        scratch = _Scratch(min(step, rows), cols, logits, cdtype, factors if broadcast else None)
+        if spec.index_form or binary_ok:
+            scratch = _Scratch(
+                min(step, rows), cols, logits, cdtype, factors if broadcast else None
+            )
     integer_targets = not target.is_floating_point()  # 0/1 (and masked) by construction
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         xs = x2[start:stop].to(cdtype)
         ts = t2[start:stop]
+        ss = None if s2 is None else s2[start:stop]
         vs = None if v2 is None else v2[start:stop]
         loss_out = None if out is None else out[start:stop]
         grad_out = None if grad is None else grad[start:stop]
@@ -324,7 +361,7 @@ def sigmoid_focal_chunked(
         partial: Tensor | None = None
         fast = views is not None
         if views is not None and spec.index_form:
-            partial = _index_chunk(xs, ts, vs, spec.gamma, factors, views, loss_out, grad_out)
+            partial = _index_chunk(xs, ts, ss, vs, mod, factors, views, loss_out, grad_out)
         elif views is not None:
             ys = ts.to(cdtype)
             if integer_targets or _is_binary(ys, views.bufs[0]):
@@ -333,7 +370,7 @@ def sigmoid_focal_chunked(
                 fast = False
         if not fast:
             ws = None if w2 is None else w2[start:stop]
-            partial, g = sigmoid_focal_plain(xs, ts, vs, ws, alpha_pos, pos_weight, spec, need_grad)
+            partial, g = sigmoid_focal_plain(xs, ts, ss, vs, ws, alpha, pos_weight, spec, need_grad)
             if loss_out is not None:
                 loss_out.copy_(partial)
                 partial = None
@@ -359,9 +396,10 @@ def softmax_index_rows(
     u: Tensor,
     gamma: GammaPlan,
     need_grad: bool,
+    epsilon: float = 0.0,
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`~focalkit.functional.focal.softmax_index_rows_plain` (same arguments and
-    results: class indices without label smoothing) with ``softmax`` written
+    results: class indices without label smoothing, Poly-1's ``epsilon`` included) with ``softmax`` written
     straight into the gradient (or, without one, into a cache-sized scratch, chunk by chunk)
     and ``log p`` formed at the target column only; no temporary of the logits' size besides
     the gradient. Returns the per-row loss and the gradient.
@@ -392,7 +430,7 @@ def softmax_index_rows(
         if bool(underflow.any()):  # CPU eager: reading the flag is free
             r = underflow.squeeze(-1).nonzero().squeeze(-1)
             logp_y[r] = torch.log_softmax(xs[r], -1).gather(-1, col[r])
-        ell, G = softmax_focal_terms(logp_y, gamma)
+        ell, G = softmax_focal_terms(logp_y, gamma, epsilon)
         us = u[start:stop]
         loss[start:stop] = (ell * us).squeeze(-1)
         if grad is not None:
@@ -445,3 +483,4 @@ def ghm_weighted_bce(
         if grad is not None and g is not None:
             grad[s] = g
     return (total.to(x.dtype) if out is None else out), grad
+
