@@ -16,6 +16,15 @@ from .functional.focal import (
 from .nn.focal import SigmoidFocalLoss, SoftmaxFocalLoss
 
 # isort: split
+# --- the generalized focal family: QFL, VFL, DFL, ASL, Poly-1 --------------------------------
+from .functional.asymmetric import asymmetric_loss
+from .functional.gfl import distribution_focal_loss, quality_focal_loss, varifocal_loss
+from .functional.poly import poly1_cross_entropy, poly1_focal_loss
+from .nn.asymmetric import AsymmetricLoss
+from .nn.gfl import DistributionFocalLoss, QualityFocalLoss, VarifocalLoss
+from .nn.poly import Poly1CrossEntropyLoss, Poly1FocalLoss
+
+# isort: split
 # --- GHM -----------------------------------------------------------------------------------
 from .functional.ghm import ghm_c_loss, ghm_r_loss
 from .nn.ghm import GHMCLoss, GHMRLoss
@@ -44,8 +53,10 @@ except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AsymmetricLoss",
     "CIoULoss",
     "DIoULoss",
+    "DistributionFocalLoss",
     "EIoULoss",
     "FocalEIoULoss",
     "FocalL1Loss",
@@ -53,14 +64,20 @@ __all__ = [
     "GHMRLoss",
     "GIoULoss",
     "IoULoss",
+    "Poly1CrossEntropyLoss",
+    "Poly1FocalLoss",
+    "QualityFocalLoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
+    "VarifocalLoss",
     "__version__",
+    "asymmetric_loss",
     "box_convert",
     "ciou_loss",
     "class_balanced_weights",
     "diou_loss",
     "distributed",
+    "distribution_focal_loss",
     "eiou_loss",
     "focal_eiou_loss",
     "focal_l1_loss",
@@ -68,7 +85,11 @@ __all__ = [
     "ghm_r_loss",
     "giou_loss",
     "iou_loss",
+    "poly1_cross_entropy",
+    "poly1_focal_loss",
     "prior_bias",
+    "quality_focal_loss",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
+    "varifocal_loss",
 ]

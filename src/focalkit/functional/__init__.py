@@ -1,5 +1,6 @@
 """The losses as functions (one family a file); Modules in :mod:`focalkit.nn` wrap these."""
 
+from .asymmetric import asymmetric_loss
 from .box import (
     box_convert,
     ciou_loss,
@@ -11,13 +12,17 @@ from .box import (
     iou_loss,
 )
 from .focal import class_balanced_weights, prior_bias, sigmoid_focal_loss, softmax_focal_loss
+from .gfl import distribution_focal_loss, quality_focal_loss, varifocal_loss
 from .ghm import ghm_c_loss, ghm_r_loss
+from .poly import poly1_cross_entropy, poly1_focal_loss
 
 __all__ = [
+    "asymmetric_loss",
     "box_convert",
     "ciou_loss",
     "class_balanced_weights",
     "diou_loss",
+    "distribution_focal_loss",
     "eiou_loss",
     "focal_eiou_loss",
     "focal_l1_loss",
@@ -25,7 +30,11 @@ __all__ = [
     "ghm_r_loss",
     "giou_loss",
     "iou_loss",
+    "poly1_cross_entropy",
+    "poly1_focal_loss",
     "prior_bias",
+    "quality_focal_loss",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
+    "varifocal_loss",
 ]

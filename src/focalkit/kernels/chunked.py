@@ -1,5 +1,5 @@
 """The ``"chunked"`` backend: the CPU fast paths of the sigmoid family (focal loss, QFL, VFL),
-the softmax family (softmax focal loss, Poly-1 cross-entropy) and GHM-C.
+the softmax family (softmax focal loss, Poly-1 cross-entropy), DFL and GHM-C.
 
 Each walks its input in cache-sized chunks. The focal losses write every elementwise op into
 a few scratch buffers allocated once per call (``out=``) rather than allocating a fresh
@@ -32,12 +32,14 @@ from ..functional.focal import (
     sigmoid_terms,
     softmax_focal_terms,
 )
+from ..functional.gfl import DflSpec, dfl_bins
 from ..functional.ghm import gradient_norm, index_dtype, scaled_bins, weighted_bce_plain
 
 __all__ = [
     "FOCAL_CHUNK_ELEMENTS",
     "GHM_CHUNK_ELEMENTS",
     "bincount_bins",
+    "dfl_chunked",
     "ghm_bin_pass",
     "ghm_weighted_bce",
     "sigmoid_focal_chunked",
@@ -484,3 +486,51 @@ def ghm_weighted_bce(
             grad[s] = g
     return (total.to(x.dtype) if out is None else out), grad
 
+
+# --------------------------------------------------------------------------------------------
+# Distribution Focal Loss
+# --------------------------------------------------------------------------------------------
+
+
+def dfl_chunked(
+    pred: Tensor, y: Tensor, weight: Tensor | None, spec: DflSpec, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`~focalkit.functional.gfl.dfl_plain` (same arguments and results) over
+    cache-sized chunks of rows. Per chunk the softmax is written straight into the gradient
+    (or a chunk-sized scratch without one): ``e = exp(x - max)``, ``s = sum e``, so that
+    ``-log p_c = (max - x_c) + log s`` at the two target bins only (no ``log_softmax`` of the
+    whole row, no temporary of the input's size) and the gradient is ``e / s`` minus the two
+    weights. Chunk sums are accumulated in float64."""
+    cdtype = compute_dtype(pred)
+    rows, bins = pred.shape
+    step = max(1, FOCAL_CHUNK_ELEMENTS // max(bins, 1))
+    grad = torch.empty((rows, bins), dtype=cdtype, device=pred.device) if need_grad else None
+    scratch = None if grad is not None else pred.new_empty((min(step, rows), bins), dtype=cdtype)
+    out = None if spec.reduce_sum else torch.empty(rows, dtype=cdtype, device=pred.device)
+    total = torch.zeros((), dtype=torch.float64, device=pred.device)
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        xs = pred[start:stop].to(cdtype)
+        e = grad[start:stop] if grad is not None else scratch[: stop - start]  # type: ignore[index]
+        top = xs.amax(-1, keepdim=True)
+        torch.sub(xs, top, out=e).exp_()
+        s = e.sum(-1, keepdim=True)
+        left, w_l, w_r = dfl_bins(y[start:stop].to(cdtype), bins - 1)
+        log_s = torch.log(s)
+        nll_l = (top - xs.gather(-1, left)).add_(log_s)
+        nll_r = (top - xs.gather(-1, left + 1)).add_(log_s)
+        loss = nll_l.mul_(w_l).addcmul_(nll_r, w_r).squeeze(-1)
+        ws = None if weight is None else weight[start:stop].to(cdtype)
+        if ws is not None:
+            loss = loss * ws
+        if out is not None:
+            out[start:stop] = loss
+        else:
+            total += loss.sum()
+        if grad is not None:
+            e.div_(s).scatter_add_(-1, left, w_l.neg()).scatter_add_(-1, left + 1, w_r.neg())
+            if ws is not None:
+                e.mul_(ws.unsqueeze(-1))
+    if out is None:
+        return total.to(cdtype), grad
+    return out, grad

@@ -1,12 +1,17 @@
 """Thin ``nn.Module`` wrappers over :mod:`focalkit.functional`."""
 
+from .asymmetric import AsymmetricLoss
 from .box import CIoULoss, DIoULoss, EIoULoss, FocalEIoULoss, FocalL1Loss, GIoULoss, IoULoss
 from .focal import SigmoidFocalLoss, SoftmaxFocalLoss
+from .gfl import DistributionFocalLoss, QualityFocalLoss, VarifocalLoss
 from .ghm import GHMCLoss, GHMRLoss
+from .poly import Poly1CrossEntropyLoss, Poly1FocalLoss
 
 __all__ = [
+    "AsymmetricLoss",
     "CIoULoss",
     "DIoULoss",
+    "DistributionFocalLoss",
     "EIoULoss",
     "FocalEIoULoss",
     "FocalL1Loss",
@@ -14,6 +19,10 @@ __all__ = [
     "GHMRLoss",
     "GIoULoss",
     "IoULoss",
+    "Poly1CrossEntropyLoss",
+    "Poly1FocalLoss",
+    "QualityFocalLoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
+    "VarifocalLoss",
 ]
