@@ -139,8 +139,12 @@ def asl_ref(
     ce = -(y * log_p + (1 - y) * log_neg)
     p_t = y * torch.sigmoid(x) + (1 - y) * one_minus_pm
     exponent = gamma_pos * y + gamma_neg * (1 - y)
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_focusing):
-        weight = (1 - p_t) ** exponent
+    base = 1 - p_t
+    # base ** exponent, with the derivative of 0 ** e taken as 0 (a shifted negative below the
+    # margin is identically 0 around it; autograd's inf * 0 would give NaN)
+    positive = base > 0
+    safe = torch.where(positive, base, torch.ones_like(base))
+    weight = torch.where(positive, safe**exponent, (exponent == 0).to(base.dtype))
     if detach_focusing:
         weight = weight.detach()
     return weight * ce
