@@ -34,7 +34,7 @@ from .triton_scale import apply_grad_output
 __all__ = ["MAX_BLOCK_C", "TILE", "triton_dfl"]
 
 MAX_BLOCK_C = 1024  # columns per block of the online softmax
-TILE = 2048  # elements per program's tile: BLOCK_R = max(1, min(64, TILE // BLOCK_C)) rows
+TILE = 1024  # elements per program's tile: BLOCK_R = max(2, min(64, TILE // BLOCK_C)) rows
 
 
 @triton.jit
@@ -109,7 +109,7 @@ def _dfl_kernel(
 def _blocks(num_bins: int) -> tuple[int, int]:
     """(BLOCK_R, BLOCK_C) for rows of ``num_bins`` columns."""
     block_c = min(MAX_BLOCK_C, triton.next_power_of_2(num_bins))
-    return max(1, min(64, TILE // block_c)), block_c
+    return max(2, min(64, TILE // block_c)), block_c
 
 
 def _launch(
