@@ -412,6 +412,13 @@ def implementations(
     return impls
 
 
+FamilyLoss = Callable[[torch.Tensor, Case, str], torch.Tensor]
+
+
+def _on_backend(loss: FamilyLoss, backend: str) -> Callable[[torch.Tensor, Case], torch.Tensor]:
+    return lambda x, c: loss(x, c, backend)
+
+
 def _generalized_implementations(case: Case, skipped: dict[str, str]) -> list[Impl]:
     """The generalized focal family (QFL, VFL, DFL, ASL, Poly-1 CE): each focalkit row (its
     torch-ops backend, and triton where "auto" picks it) and the public codes' formulas."""
@@ -421,7 +428,7 @@ def _generalized_implementations(case: Case, skipped: dict[str, str]) -> list[Im
     from . import baselines as b
 
     device_type = case.logits.device.type
-    losses: dict[str, Callable[[torch.Tensor, Case, str], torch.Tensor]] = {
+    losses: dict[str, FamilyLoss] = {
         "qfl": lambda x, c, be: fk.quality_focal_loss(
             x, c.det_labels, c.scores, normalizer=c.rows, backend=be
         ),
@@ -439,7 +446,7 @@ def _generalized_implementations(case: Case, skipped: dict[str, str]) -> list[Im
             Impl(
                 reference_row(op, device_type),
                 op,
-                lambda x, c, f=loss, be=backend: f(x, c, be),
+                _on_backend(loss, backend),
                 take,
             )
         )
@@ -447,7 +454,7 @@ def _generalized_implementations(case: Case, skipped: dict[str, str]) -> list[Im
             triton_row = f"{FAMILY_LABEL[op]} (triton)"
             choice = resolve_backend(TRITON_LOSS[op], "auto", take(case))
             if choice.backend == "triton":
-                impls.append(Impl(triton_row, op, lambda x, c, f=loss: f(x, c, "triton"), take))
+                impls.append(Impl(triton_row, op, _on_backend(loss, "triton"), take))
             else:
                 skipped.setdefault(
                     triton_row, f"auto backend resolves to {choice.backend} on this device"
