@@ -1,4 +1,4 @@
-"""The docstring examples of the focal-loss modules run and print what they claim."""
+"""The docstring examples of the loss modules run and print what they claim."""
 
 from __future__ import annotations
 
@@ -8,7 +8,19 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["focalkit.functional.focal", "focalkit.nn.focal"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "focalkit.functional.focal",
+        "focalkit.nn.focal",
+        "focalkit.functional.gfl",
+        "focalkit.nn.gfl",
+        "focalkit.functional.asymmetric",
+        "focalkit.nn.asymmetric",
+        "focalkit.functional.poly",
+        "focalkit.nn.poly",
+    ],
+)
 def test_doctests(module):
     mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)

@@ -179,7 +179,7 @@ def poly1_focal_loss(
         >>> import torch, focalkit as fk
         >>> x = torch.tensor([-2.0, 0.0, 3.0])
         >>> fk.poly1_focal_loss(x, torch.tensor([0.0, 1.0, 1.0]), reduction="none")
-        tensor([0.0030, 0.1683, 0.0001])
+        tensor([3.0465e-03, 1.6832e-01, 1.3399e-04])
     """
     check_floating("logits", logits)
     check_tensor("targets", targets)
