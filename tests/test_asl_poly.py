@@ -103,11 +103,14 @@ ASL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", ["torch", "chunked"])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("kw", ASL_CASES, ids=str)
-def test_asl_matches_reference(kw, reduction):
-    """float64, hard and soft targets, ignored entries and an elementwise weight: values and
-    gradients equal autograd through the reference."""
+def test_asl_matches_reference(monkeypatch, kw, reduction, backend):
+    """float64, hard and soft targets, ignored entries and an elementwise weight, chunks of
+    20 elements: values and gradients equal autograd through the reference."""
+    monkeypatch.setattr(chunked, "FOCAL_CHUNK_ELEMENTS", 20)
+    kw = {**kw, "backend": backend}
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(9, 6, generator=gen, dtype=f64) * 4
     x.view(-1)[::7] = 30.0
@@ -120,7 +123,8 @@ def test_asl_matches_reference(kw, reduction):
     loss = fk.asymmetric_loss(xg, targets, weight=w, reduction=reduction, **kw)
     xr = x.clone().requires_grad_(True)
     keep = (~ignored).double()
-    ref = reduce_ref(asl_ref(xr, y, **kw) * w * keep, reduction, keep.sum())
+    ref_kw = {k: v for k, v in kw.items() if k != "backend"}
+    ref = reduce_ref(asl_ref(xr, y, **ref_kw) * w * keep, reduction, keep.sum())
     torch.testing.assert_close(loss, ref, **F64)
     loss.sum().backward()
     ref.sum().backward()
@@ -216,6 +220,21 @@ def test_asl_index_targets_equal_one_hot():
     b = _grad(fk.asymmetric_loss, x, one_hot)
     torch.testing.assert_close(a[0], b[0], **F64)
     torch.testing.assert_close(a[1], b[1], **F64)
+
+
+def test_asl_and_poly1_focal_auto_take_the_chunked_path_on_cpu():
+    """No Triton kernel: "auto" is the chunked path on a CPU tensor (the plain formula over
+    cache-sized chunks), and naming "triton" raises."""
+    x, y = torch.randn(4, 3), torch.rand(4, 3)
+    with recorded_choices() as choices:
+        fk.asymmetric_loss(x, y)
+        fk.poly1_focal_loss(x, y)
+    assert [c.backend for c in choices] == ["chunked", "chunked"]
+    for fn in (fk.asymmetric_loss, fk.poly1_focal_loss):
+        with pytest.raises(
+            ValueError, match=r"^backend: expected one of \('auto', 'torch', 'chunked'\)"
+        ):
+            fn(x, y, backend="triton")
 
 
 def test_asl_autocast_compile_and_no_host_reads(monkeypatch):
@@ -516,15 +535,20 @@ def test_poly1_focal_epsilon_zero_is_sigmoid_focal_loss(form, reduction):
         torch.testing.assert_close(got[1], exp[1], **F64)
 
 
+@pytest.mark.parametrize("backend", ["torch", "chunked"])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 @pytest.mark.parametrize("alpha", [None, 0.25, "vector"])
-def test_poly1_focal_matches_reference_and_alpha_spares_the_poly_term(alpha, gamma):
+def test_poly1_focal_matches_reference_and_alpha_spares_the_poly_term(
+    monkeypatch, alpha, gamma, backend
+):
+    monkeypatch.setattr(chunked, "FOCAL_CHUNK_ELEMENTS", 6)
     gen = torch.Generator().manual_seed(12)
     x = torch.randn(7, 3, generator=gen, dtype=f64) * 3
     y = torch.rand(7, 3, generator=gen, dtype=f64)
     y[::2] = (y[::2] > 0.5).double()
     a = torch.tensor([0.1, 0.5, 0.9], dtype=f64) if alpha == "vector" else alpha
-    got = _grad(fk.poly1_focal_loss, x, y, alpha=a, gamma=gamma, epsilon=1.5, reduction="none")
+    kw = {"alpha": a, "gamma": gamma, "epsilon": 1.5, "reduction": "none", "backend": backend}
+    got = _grad(fk.poly1_focal_loss, x, y, **kw)
     xr = x.clone().requires_grad_(True)
     ref = poly1_focal_ref(xr, y, epsilon=1.5, alpha=a, gamma=gamma)
     ref.sum().backward()

@@ -36,7 +36,7 @@ ALWAYS = {
     "focalkit dfl (chunked)": "dfl",
     "ultralytics DFLoss": "dfl",
     "mmdet distribution_focal_loss": "dfl",
-    "focalkit asl (torch)": "asl",  # ASL has no chunked path
+    "focalkit asl (chunked)": "asl",
     "timm AsymmetricLossMultiLabel": "asl",
     "focalkit poly1 (chunked)": "poly1",
     "eager poly1 cross_entropy": "poly1",

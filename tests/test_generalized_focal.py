@@ -273,6 +273,37 @@ def test_index_form_equals_dense_form_and_reads_no_background_score(name):
             torch.testing.assert_close(a[1], b[1], **F64)
 
 
+@pytest.mark.parametrize("name", ["qfl", "vfl"])
+def test_dense_iou_targets_take_the_sparse_positive_path(monkeypatch, name):
+    """Dense IoU targets with few positives: the chunked path computes the negatives as focal
+    loss's y = 0 term and the positives apart; a chunk with more than a quarter positives
+    goes through the plain formula; both equal the reference."""
+    monkeypatch.setattr(chunked, "FOCAL_CHUNK_ELEMENTS", 48)
+    taken = []
+    real = chunked._sparse_positive_chunk
+
+    def spy(*args):
+        done, partial = real(*args)
+        taken.append(done)
+        return done, partial
+
+    monkeypatch.setattr(chunked, "_sparse_positive_chunk", spy)
+    gen = torch.Generator().manual_seed(20)
+    x = torch.randn(40, 6, generator=gen, dtype=torch.float64) * 3
+    q = torch.zeros(40, 6, dtype=torch.float64)
+    q[torch.arange(20), torch.randint(0, 6, (20,), generator=gen)] = torch.rand(
+        20, generator=gen, dtype=torch.float64
+    )
+    q[20:] = torch.rand(20, 6, generator=gen, dtype=torch.float64)  # dense soft rows
+    q[3, 4] = IGNORE
+    for reduction in ("none", "sum"):
+        got = _grad(LOSSES[name], x, q, reduction=reduction, backend="chunked")
+        exp = _grad(LOSSES[name], x, q, reduction=reduction, backend="torch")
+        torch.testing.assert_close(got[0], exp[0], **F64)
+        torch.testing.assert_close(got[1], exp[1], **F64)
+    assert True in taken and False in taken
+
+
 def test_index_form_builds_no_one_hot_on_the_chunked_path(monkeypatch):
     """The chunked path never calls the one-hot helper of the plain formula."""
     import focalkit.functional.focal as focal

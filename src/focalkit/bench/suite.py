@@ -32,8 +32,9 @@ chunked CPU path on a CPU, the plain torch formula elsewhere) and are labelled w
   rows of 17 bins (mmdetection's GFL ``reg_max = 16``; sides of whole boxes), targets in
   ``[0, 15.99)``, mean over the sides, against Ultralytics' ``DFLoss(reg_max=17)`` and
   mmdetection's ``distribution_focal_loss``.
-* ``asl`` [timm AsymmetricLossMultiLabel]: ``focalkit.asymmetric_loss`` (torch backend: ASL
-  has no other) on the dense 0/1 targets, sum / rows, against timm's ASL (batchmean).
+* ``asl`` [timm AsymmetricLossMultiLabel]: ``focalkit.asymmetric_loss`` (the torch-ops
+  backend; ASL has no Triton kernel) on the dense 0/1 targets, sum / rows, against timm's
+  ASL (batchmean).
 * ``poly1`` [eager poly1 cross_entropy]: ``focalkit.poly1_cross_entropy`` (epsilon 1; the
   torch-ops backend, and triton where "auto" picks it) against the PolyLoss pseudocode.
 * ``copy``: ``dst.copy_(src)`` of the logits, the bandwidth ceiling (same in every mode).
@@ -189,9 +190,8 @@ DFL_BINS = 17  # GFL's reg_max = 16 (mmdetection): 17 logits a side
 
 
 def family_backend(op: str, device_type: str) -> str:
-    """The backend of family ``op``'s focalkit torch-ops row: :func:`torch_ops_backend`, or
-    "torch" for a loss without a chunked path (ASL)."""
-    return "torch" if op == "asl" else torch_ops_backend(device_type)
+    """The backend of family ``op``'s focalkit torch-ops row (:func:`torch_ops_backend`)."""
+    return torch_ops_backend(device_type)
 
 
 def reference_row(op: str, device_type: str) -> str:
@@ -434,7 +434,7 @@ def _generalized_implementations(case: Case, skipped: dict[str, str]) -> list[Im
         ),
         "vfl": lambda x, c, be: fk.varifocal_loss(x, c.quality, normalizer=c.rows, backend=be),
         "dfl": lambda x, c, be: fk.distribution_focal_loss(x, c.dfl_target, backend=be),
-        "asl": lambda x, c, be: fk.asymmetric_loss(x, c.dense, normalizer=c.rows),
+        "asl": lambda x, c, be: fk.asymmetric_loss(x, c.dense, normalizer=c.rows, backend=be),
         "poly1": lambda x, c, be: fk.poly1_cross_entropy(x, c.labels, backend=be),
     }
     inputs: dict[str, Callable[[Case], torch.Tensor]] = {"dfl": lambda c: c.dfl_pred}

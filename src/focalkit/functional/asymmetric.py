@@ -45,6 +45,7 @@ def asymmetric_loss(
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Asymmetric Loss: focal-style down-weighting with separate exponents for positives and
     negatives, and a probability margin that discards easy negatives.
@@ -89,6 +90,9 @@ def asymmetric_loss(
             ``sum / batch size``: ``normalizer=logits.shape[0]``.
         normalizer: ``sum / max(normalizer, 1)``; only with ``reduction="mean"``.
         validate: ``True`` checks target values anywhere (a sync); ``None`` where free.
+        backend: ``"auto"`` (the chunked path for CPU tensors in eager mode, else the plain
+            formula), ``"torch"`` or ``"chunked"`` (the plain formula over cache-sized
+            chunks; CPU only). ASL has no Triton kernel.
 
     Float targets that require grad get the gradient of the formula (the weight
     differentiated through ``y`` as well, its ``log q`` taken as 0 at ``q = 0``; with
@@ -139,5 +143,5 @@ def asymmetric_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         normalizer=normalizer,
-        backend="auto",
+        backend=backend,
     )

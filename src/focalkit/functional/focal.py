@@ -336,8 +336,8 @@ class _AslParts(NamedTuple):
 
 def _asymmetric_parts(x: Tensor, y: Tensor, p: Tensor, omp: Tensor, mod: Modulation) -> _AslParts:
     """ASL's pieces in logit space: ``log p = -softplus(-x)``; ``log(1 - p_m)`` is
-    ``-softplus(x)`` at clip 0, else ``log1p(-p_m)`` where ``p_m < 1/2`` and
-    ``log(1 - p + clip)`` above (no cancellation either way); ``p_m = max(p - clip, 0)``."""
+    ``-softplus(x)`` at clip 0, else ``log1p(-p_m)`` with ``p_m = max(p - clip, 0)`` (no
+    cancellation: ``1 - p_m >= clip``, and ``p_m`` carries ``p``'s absolute error only)."""
     softplus = torch.nn.functional.softplus
     log_pos = softplus(x.neg()).neg_()
     m = mod.clip
@@ -348,7 +348,7 @@ def _asymmetric_parts(x: Tensor, y: Tensor, p: Tensor, omp: Tensor, mod: Modulat
     else:
         p_m = (p - m).clamp_(min=0)
         shifted = p > m
-        log_neg = torch.where(p_m < 0.5, torch.log1p(p_m.neg()), torch.log(omp + m))
+        log_neg = torch.log1p(p_m.neg())
     ce = torch.lerp(log_neg, log_pos, y).neg_()
     q = torch.lerp(p_m, omp, y)
     gn, gp = mod.gamma.value, mod.gamma_pos

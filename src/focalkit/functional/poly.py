@@ -147,6 +147,7 @@ def poly1_focal_loss(
     reduction: str = "mean",
     normalizer: float | Tensor | None = None,
     validate: bool | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Poly-1 focal loss: sigmoid focal loss plus ``epsilon (1 - p_t)^(gamma + 1)``.
 
@@ -169,6 +170,9 @@ def poly1_focal_loss(
         epsilon: the polynomial coefficient (default 1).
         alpha: the positives' weight in [0, 1] (a float or ``(C,)``), or None.
         gamma: the focusing exponent, ``>= 0`` (default 2).
+        backend: ``"auto"`` (the chunked path for CPU tensors in eager mode, else the plain
+            formula), ``"torch"`` or ``"chunked"`` (the plain formula over cache-sized
+            chunks; CPU only). It has no Triton kernel.
 
     Float targets that require grad get the gradient of the formula (gamma a constant).
 
@@ -210,5 +214,5 @@ def poly1_focal_loss(
         ignore_index=ignore_index,
         reduction=reduction,
         normalizer=normalizer,
-        backend="auto",
+        backend=backend,
     )

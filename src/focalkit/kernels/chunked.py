@@ -263,6 +263,53 @@ def _index_chunk(
     return positives if partial is None else partial + positives
 
 
+# a dense chunk of QFL / VFL takes the sparse-positive path when at most this share of its
+# elements are positive (y > 0): detection targets have about one per anchor row or fewer
+SPARSE_POSITIVE_SHARE = 0.25
+
+
+def _sparse_positive_chunk(
+    x: Tensor,
+    y: Tensor,
+    keep: Tensor | None,
+    mod: Modulation,
+    factors: tuple[Tensor, Tensor] | None,
+    views: _ChunkViews,
+    loss_out: Tensor | None,
+    grad_out: Tensor | None,
+) -> tuple[bool, Tensor | None]:
+    """Dense soft targets of QFL or VFL on one chunk whose positives (``y > 0``) are few (IoU
+    targets): every element as a negative through :func:`_hard_chunk` with the positives'
+    (and ignored entries') slots scaled by 0, then the positives gathered, computed at their
+    target with :func:`~focalkit.functional.focal.sigmoid_terms` and put back. Returns
+    (False, None) without writing anything when more than :data:`SPARSE_POSITIVE_SHARE` of
+    the chunk is positive (the plain formula is then faster), else (True, the chunk's sum or
+    None)."""
+    bufs = views.bufs
+    positive = y > 0
+    flat = positive.view(-1).nonzero().squeeze(1)
+    if flat.numel() > SPARSE_POSITIVE_SHARE * y.numel():
+        return False, None
+    scale = bufs[3].copy_(positive).neg_().add_(1)  # 0 at the positives
+    if keep is not None:
+        scale.mul_(keep)
+    alpha = None
+    if factors is not None:  # VFL: the negatives' alpha (also passed to the positives)
+        alpha = factors[0]
+        scale.mul_(float(alpha))
+    partial = _hard_chunk(x, mod.gamma.value, scale, None, loss_out, grad_out, bufs)
+    loss_pos, grad_pos = sigmoid_terms(
+        x.reshape(-1)[flat], y.reshape(-1)[flat], mod, alpha, grad_out is not None
+    )
+    if grad_out is not None and grad_pos is not None:
+        grad_out.view(-1)[flat] = grad_pos
+    if loss_out is not None:
+        loss_out.view(-1)[flat] = loss_pos
+        return True, None
+    positives = loss_pos.sum()
+    return True, positives if partial is None else partial + positives
+
+
 def _put_positives(t: Tensor, col: Tensor, pos: Tensor, values: Tensor) -> Tensor:
     """``t[r, col[r]] = values[r]`` in place where ``pos[r]``; returns ``t``."""
     return t.scatter_(-1, col, torch.where(pos, values, t.gather(-1, col)))
@@ -316,10 +363,11 @@ def sigmoid_focal_chunked(
     elements whatever the shape (a ``(N,)`` or ``(B, 1, H, W)`` tensor as well as ``(N, C)``),
     except with a per-class alpha or ``pos_weight``, which need whole rows; class indices by
     rows. Specialised: class indices (focal loss, QFL, VFL: the negatives through
-    :func:`_hard_chunk`, the positives gathered, computed at their score and scattered) and
+    :func:`_hard_chunk`, the positives gathered, computed at their score and scattered),
     dense 0/1 chunks of focal loss and QFL (at ``y`` in {0, 1}, QFL is focal loss with
-    ``gamma = beta`` and no alpha); other chunks (and every chunk of ASL and of Poly-1 focal)
-    go through the plain formula."""
+    ``gamma = beta`` and no alpha) and dense chunks of QFL and VFL with few positives
+    (:func:`_sparse_positive_chunk`); other chunks (and every chunk of ASL and of Poly-1
+    focal) go through the plain formula."""
     cdtype = compute_dtype(logits)
     mod = spec.mod
     factors = _family_factors(mod, alpha, pos_weight)
@@ -342,14 +390,14 @@ def sigmoid_focal_chunked(
     # through the scratch buffers (dense 0/1 chunks for focal loss and QFL only)
     scratch = None
     binary_ok = mod.kind in (FOCAL, QUALITY)
+    sparse_ok = mod.kind in (QUALITY, VARIFOCAL)  # dense IoU targets: few positives
     hard_ok = mod.kind in (FOCAL, QUALITY, VARIFOCAL)  # ASL's negatives are not focal's
     if hard_ok and spec.gamma.is_plain() and mod.epsilon == 0 and w2 is None and rows:
-        # broadcast factors are needed except for scalar ones on index targets (floats there)
-        broadcast = factors is not None and (per_class or not spec.index_form)
-        if spec.index_form or binary_ok:
-            scratch = _Scratch(
-                min(step, rows), cols, logits, cdtype, factors if broadcast else None
-            )
+        # focal loss's factors are broadcast to a chunk for dense targets (the binary path);
+        # scalar ones on index targets, and VFL's alpha, are used as floats
+        broadcast = mod.kind == FOCAL and factors is not None
+        broadcast = broadcast and (per_class or not spec.index_form)
+        scratch = _Scratch(min(step, rows), cols, logits, cdtype, factors if broadcast else None)
     integer_targets = not target.is_floating_point()  # 0/1 (and masked) by construction
     for start in range(0, rows, step):
         stop = min(start + step, rows)
@@ -366,8 +414,13 @@ def sigmoid_focal_chunked(
             partial = _index_chunk(xs, ts, ss, vs, mod, factors, views, loss_out, grad_out)
         elif views is not None:
             ys = ts.to(cdtype)
-            if integer_targets or _is_binary(ys, views.bufs[0]):
+            if binary_ok and (integer_targets or _is_binary(ys, views.bufs[0])):
                 partial = _binary_chunk(xs, ys, vs, spec.gamma.value, views, loss_out, grad_out)
+            elif sparse_ok:
+                keep = None if vs is None else vs.to(cdtype)
+                fast, partial = _sparse_positive_chunk(
+                    xs, ys, keep, mod, factors, views, loss_out, grad_out
+                )
             else:
                 fast = False
         if not fast:

@@ -97,9 +97,9 @@ LOSS_BACKENDS: dict[str, tuple[str, ...]] = {
     "quality_focal_loss": ("triton", "chunked"),
     "varifocal_loss": ("triton", "chunked"),
     "distribution_focal_loss": ("triton", "chunked"),
-    "asymmetric_loss": (),
+    "asymmetric_loss": ("chunked",),
     "poly1_cross_entropy": ("triton", "chunked"),
-    "poly1_focal_loss": (),
+    "poly1_focal_loss": ("chunked",),
 }
 
 

@@ -40,8 +40,15 @@ class AsymmetricLoss(LossModule):
         reduction: str = "mean",
         normalizer: float | Tensor | None = None,
         validate: bool | None = None,
+        backend: str = "auto",
     ) -> None:
-        super().__init__(loss=None, weight=weight, reduction=reduction, normalizer=normalizer)
+        super().__init__(
+            loss="asymmetric_loss",
+            weight=weight,
+            reduction=reduction,
+            normalizer=normalizer,
+            backend=backend,
+        )
         check_nonnegative("gamma_pos", gamma_pos)
         check_nonnegative("gamma_neg", gamma_neg)
         if not isinstance(detach_focusing, bool):
@@ -73,6 +80,7 @@ class AsymmetricLoss(LossModule):
             reduction=self.reduction,
             normalizer=self.call_normalizer(normalizer),
             validate=self.validate,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:

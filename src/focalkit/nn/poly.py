@@ -89,8 +89,15 @@ class Poly1FocalLoss(LossModule):
         reduction: str = "mean",
         normalizer: float | Tensor | None = None,
         validate: bool | None = None,
+        backend: str = "auto",
     ) -> None:
-        super().__init__(loss=None, weight=weight, reduction=reduction, normalizer=normalizer)
+        super().__init__(
+            loss="poly1_focal_loss",
+            weight=weight,
+            reduction=reduction,
+            normalizer=normalizer,
+            backend=backend,
+        )
         self.epsilon = check_number("epsilon", epsilon)
         gamma_value = check_gamma(gamma)
         if not isinstance(gamma_value, float):
@@ -119,6 +126,7 @@ class Poly1FocalLoss(LossModule):
             reduction=self.reduction,
             normalizer=self.call_normalizer(normalizer),
             validate=self.validate,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
