@@ -1,4 +1,13 @@
-"""Focal loss family: sigmoid (binary, multi-label, class-index) and softmax focal loss.
+"""Focal loss family: sigmoid (binary, multi-label, class-index) and softmax focal loss, and
+the two formulas the generalized focal losses share with them.
+
+* The sigmoid family: per element ``m(x, y) BCE(x, y)`` with a modulating factor ``m``
+  (:class:`Modulation`): focal loss, QFL and VFL (:mod:`.gfl`), ASL (:mod:`.asymmetric`, with
+  the cross-entropy of its shifted probability) and Poly-1 focal (:mod:`.poly`) are one
+  formula, :func:`sigmoid_terms`, one autograd Function and one driver,
+  :func:`run_sigmoid_family`.
+* The softmax family: softmax focal loss and Poly-1 cross-entropy (its ``gamma = 0`` member
+  with Poly-1's ``epsilon``): :func:`softmax_focal_terms` and :func:`run_softmax_family`.
 
 This module holds, for each loss, its argument handling, the one plain formula in torch ops
 (the ``"torch"`` backend, the reference every fast path is tested against) and the public
@@ -709,7 +718,7 @@ def run_sigmoid_family(
 ) -> Tensor:
     """The loss of the sigmoid family for checked arguments: picks the backend (``loss_name``
     in the dispatch table; ``lacks``: an option that no fast backend has) and runs it, then
-    reduces. Shared by focal loss, QFL, VFL and Poly-1 focal."""
+    reduces. Shared by focal loss, QFL, VFL, ASL and Poly-1 focal."""
     out_dtype = output_dtype(logits)
     spec = SigmoidSpec(mod, reduction != "none", parsed.is_index)
     target, valid = parsed.target, parsed.valid
