@@ -28,12 +28,29 @@ ALWAYS = {
     "eager cross_entropy focal": "softmax",
     "focalkit ghm_c (chunked)": "ghm_c",
     "per-bin loop ghm_c": "ghm_c",
+    "focalkit qfl (chunked)": "qfl",
+    "mmdet quality_focal_loss": "qfl",
+    "focalkit vfl (chunked)": "vfl",
+    "ultralytics VarifocalLoss": "vfl",
+    "mmdet varifocal_loss": "vfl",
+    "focalkit dfl (chunked)": "dfl",
+    "ultralytics DFLoss": "dfl",
+    "mmdet distribution_focal_loss": "dfl",
+    "focalkit asl (chunked)": "asl",
+    "timm AsymmetricLossMultiLabel": "asl",
+    "focalkit poly1 (chunked)": "poly1",
+    "eager poly1 cross_entropy": "poly1",
     "copy": "copy",
 }
 BASELINE = {
     "sigmoid": "eager torchvision formula",
     "softmax": "eager cross_entropy focal",
     "ghm_c": "per-bin loop ghm_c",
+    "qfl": "mmdet quality_focal_loss",
+    "vfl": "ultralytics VarifocalLoss",
+    "dfl": "ultralytics DFLoss",
+    "asl": "timm AsymmetricLossMultiLabel",
+    "poly1": "eager poly1 cross_entropy",
     "copy": "eager torchvision formula",
 }
 
@@ -107,6 +124,14 @@ def test_ratios_bandwidth_and_min_bytes(suite):
         ("softmax", "fwd+bwd"): 162_000,
         ("copy", "forward"): 160_000,
         ("copy", "fwd+bwd"): 160_000,
+        ("qfl", "forward"): 80_000 + 2_000 + 1_000,  # logits, int64 labels, scores
+        ("qfl", "fwd+bwd"): 80_000 + 2_000 + 1_000 + 80_000,
+        ("vfl", "forward"): 160_000,
+        ("asl", "fwd+bwd"): 240_000,
+        ("poly1", "fwd+bwd"): 162_000,
+        # 20000 // 68 = 294 boxes: 1176 sides of 17 bins
+        ("dfl", "forward"): 1176 * 17 * 4 + 1176 * 4,
+        ("dfl", "fwd+bwd"): 2 * 1176 * 17 * 4 + 1176 * 4,
     }
     for row in doc["rows"]:
         if (row["op"], row["mode"]) in expected:
@@ -147,7 +172,15 @@ def test_triton_rows_agree_with_the_torch_backend(tmp_path, monkeypatch):
     assert main(argv) == 0
     doc = json.loads(json_path.read_text())
     triton_rows = {(r["impl"], r["mode"]): r for r in doc["rows"] if "(triton)" in r["impl"]}
-    impls = ("focalkit (triton)", "focalkit softmax (triton)", "focalkit ghm_c (triton)")
+    impls = (
+        "focalkit (triton)",
+        "focalkit softmax (triton)",
+        "focalkit ghm_c (triton)",
+        "focalkit qfl (triton)",
+        "focalkit vfl (triton)",
+        "focalkit dfl (triton)",
+        "focalkit poly1 (triton)",
+    )
     assert set(triton_rows) == {(impl, mode) for impl in impls for mode in MODES}
     for row in triton_rows.values():
         assert row["seconds"] > 0 and row["max_abs_diff"] < 1e-5, row

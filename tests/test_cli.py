@@ -187,7 +187,9 @@ def test_quick_demo_records(quick_demo):
     seeds = results["options"]["seeds"]
     assert len(cls_runs) == seeds["classification"] * len(classification.CLASSIFICATION_LOSSES)
     assert len(det_runs) == seeds["detection"] * len(detection.detection_runs())
-    assert len(detection.detection_runs()) == 12
+    assert len(detection.detection_runs()) == (
+        len(detection.CLS_LOSSES) + len(detection.BOX_LOSSES) - 1
+    )
     assert results["environment"]["torch"] == torch.__version__
 
     # every run has its own record, identical to the one in results.json
@@ -208,6 +210,8 @@ def test_quick_demo_records(quick_demo):
     names = {r["name"] for r in det_runs}
     assert {"bce-smooth_l1", "focal-smooth_l1", "ghmc-smooth_l1", "focal-ghmr"} <= names
     assert {"focal-siou", "focal-wiou", "focal-inner_ciou"} <= names
+    assert {"qfl-smooth_l1", "vfl-smooth_l1"} <= names
+    assert {"poly1", "asl"} <= {r["name"] for r in cls_runs}
 
 
 @pytest.mark.slow

@@ -347,6 +347,269 @@ SOFTMAX = Loss(
     double_backward=FOCAL_REFUSAL,
 )
 
+# --- QFL, VFL: IoU-aware classification (the sigmoid family) ----------------------------------
+
+C_IOU = 3
+
+
+def _iou_aware(form: str, **hyper) -> Callable[[torch.Generator, int, torch.dtype], Problem]:
+    """(n, 3) logits. "index": labels (3 = background, an ignored row, a class-0 row;
+    conftest.sigmoid_targets) with their IoU ``scores`` in (0.05, 0.95) as a per-call keyword
+    (only the positive rows' are read); "dense": IoU targets (zeros, positives in (0.6, 1),
+    one entry at ignore_index)."""
+
+    def build(gen, n, dtype):
+        logits = (torch.randn(n, C_IOU, generator=gen, dtype=torch.float64) * 2).to(dtype)
+        if form == "index":
+            labels = sigmoid_targets("index", max(n, 4), C_IOU, gen)[:n]
+            scores = torch.rand(max(n, 4), generator=gen, dtype=torch.float64)[:n] * 0.9 + 0.05
+            return Problem(logits, labels, (n, C_IOU), dict(hyper), {"scores": scores.to(dtype)})
+        q = torch.rand(max(n, 4), C_IOU, generator=gen, dtype=torch.float64)[:n]
+        q = torch.where(q > 0.6, q, 0.0)
+        if n > 1:
+            q[1, 0] = IGNORE
+        return Problem(logits, q.to(dtype), (n, C_IOU), dict(hyper))
+
+    return build
+
+
+def _iou_aware_bad_shapes() -> tuple[BadShape, ...]:
+    """QFL's and VFL's: the scores (missing with indices, given with dense targets, of a wrong
+    shape, outside [0, 1] at a positive row), the targets' shape, the weight's."""
+
+    def dense_with_scores(p: Problem) -> tuple[Tensor, Tensor, dict]:
+        return p.input, torch.zeros(p.input.shape, dtype=p.input.dtype), {}
+
+    return (
+        BadShape("scores-missing", "scores", lambda p: (p.input, p.target, {"scores": None})),
+        BadShape("scores-with-dense-targets", "scores", dense_with_scores),
+        BadShape(
+            "scores-shape",
+            "scores",
+            lambda p: (p.input, p.target, {"scores": p.call["scores"].unsqueeze(-1)}),
+        ),
+        BadShape(
+            "scores-above-one",
+            "scores",
+            lambda p: (p.input, torch.zeros_like(p.target), {"scores": p.call["scores"] + 1}),
+        ),
+        BadShape("targets-shape", "targets", lambda p: (p.input, p.target[1:], {})),
+        _bad("larger", "weight", lambda p: (2, *p.input.shape)),
+        _bad("mismatched", "weight", lambda p: (p.input.shape[0] + 3, p.input.shape[1])),
+    )
+
+
+QFL = Loss(
+    name="quality_focal_loss",
+    fn=fk.quality_focal_loss,
+    module=fk.QualityFocalLoss,
+    forms=(
+        Form("index", _iou_aware("index", beta=2.0), compiled=True),
+        Form("index-beta0.5", _iou_aware("index", beta=0.5)),
+        Form("dense", _iou_aware("dense", beta=2.0), compiled=True),
+        Form("dense-beta0", _iou_aware("dense", beta=0.0)),
+    ),
+    input_name="logits",
+    target_name="targets",
+    dispatch="quality_focal_loss",
+    weight=_elementwise_weight,
+    bad_shapes=(
+        *_iou_aware_bad_shapes(),
+        BadShape("beta-negative", "beta", lambda p: (p.input, p.target, {"beta": -0.5})),
+    ),
+    tensor_hypers=("weight", "normalizer"),
+    double_backward=FOCAL_REFUSAL,
+)
+
+VFL = Loss(
+    name="varifocal_loss",
+    fn=fk.varifocal_loss,
+    module=fk.VarifocalLoss,
+    forms=(
+        Form("index", _iou_aware("index", alpha=0.75, gamma=2.0), compiled=True),
+        Form("index-unweighted", _iou_aware("index", gamma=0.5, iou_weighted=False)),
+        Form("dense", _iou_aware("dense", alpha=0.5, gamma=2.0), compiled=True),
+        Form("dense-gamma0", _iou_aware("dense", alpha=1.0, gamma=0.0, iou_weighted=False)),
+    ),
+    input_name="logits",
+    target_name="targets",
+    dispatch="varifocal_loss",
+    weight=_elementwise_weight,
+    bad_shapes=(
+        *_iou_aware_bad_shapes(),
+        BadShape("alpha-negative", "alpha", lambda p: (p.input, p.target, {"alpha": -0.1})),
+        BadShape("gamma-negative", "gamma", lambda p: (p.input, p.target, {"gamma": -1.0})),
+    ),
+    tensor_hypers=("weight", "normalizer"),
+    double_backward=FOCAL_REFUSAL,
+)
+
+# --- DFL ------------------------------------------------------------------------------------
+
+
+def _dfl(shape: Callable[[int], tuple[int, ...]], bins: int):
+    """Logits of ``shape(n) + (bins,)`` and distances in [0, bins - 1] (integer ones, 0 and
+    the top bin among them)."""
+
+    def build(gen, n, dtype):
+        s = shape(n)
+        pred = (torch.randn(*s, bins, generator=gen, dtype=torch.float64) * 2).to(dtype)
+        top = bins - 1
+        y = torch.rand(s, generator=gen, dtype=torch.float64) * top
+        flat = y.view(-1)
+        flat[::3] = flat[::3].floor()
+        flat[1::4] = float(top)
+        return Problem(pred, y.to(dtype), s)
+
+    return build
+
+
+def _dfl_weight(p: Problem, draw: int) -> Tensor:
+    """Per side (draw 0) or per box, trailing 1 (draw 1)."""
+    shapes = [p.none_shape, (*p.none_shape[:-1], 1)]
+    return _positive(shapes[draw % 2], draw, p.input.dtype)
+
+
+DFL = Loss(
+    name="distribution_focal_loss",
+    fn=fk.distribution_focal_loss,
+    module=fk.DistributionFocalLoss,
+    forms=(
+        Form("box", _dfl(lambda n: (n, 4), 9), compiled=True),
+        Form("flat-17", _dfl(lambda n: (n,), 17)),
+    ),
+    input_name="pred",
+    target_name="targets",
+    dispatch="distribution_focal_loss",
+    weight=_dfl_weight,
+    bad_shapes=(
+        BadShape("targets-shape", "targets", lambda p: (p.input, p.target[1:], {})),
+        BadShape(
+            "targets-above-n", "targets", lambda p: (p.input, p.target + p.input.shape[-1], {})
+        ),
+        BadShape("targets-negative", "targets", lambda p: (p.input, p.target - 100.0, {})),
+        BadShape("pred-one-bin", "pred", lambda p: (p.input[..., :1], p.target.clamp(max=0), {})),
+        _bad("larger", "weight", lambda p: (2, *p.none_shape)),
+        _bad("per-bin", "weight", lambda p: p.input.shape),
+    ),
+    tensor_hypers=("weight", "normalizer"),
+    double_backward=r"^focalkit generalized focal losses are differentiable once: .*double "
+    r"backward \(create_graph=True\)",
+)
+
+# --- ASL ------------------------------------------------------------------------------------
+
+ASL = Loss(
+    name="asymmetric_loss",
+    fn=fk.asymmetric_loss,
+    module=fk.AsymmetricLoss,
+    forms=(
+        Form("binary", _sigmoid("binary"), compiled=True),
+        Form("soft-clip0.1", _sigmoid("soft", gamma_pos=0.0, clip=0.1)),
+        Form("int-dense-gamma0.5", _sigmoid("int_dense", gamma_pos=0.5, gamma_neg=0.5)),
+        Form("index-clip0", _sigmoid("index", clip=0.0), compiled=True),
+    ),
+    input_name="logits",
+    target_name="targets",
+    dispatch="asymmetric_loss",
+    weight=_elementwise_weight,
+    bad_shapes=(
+        BadShape("targets-shape", "targets", lambda p: (p.input, p.target.t(), {})),
+        BadShape("targets-above-one", "targets", lambda p: (p.input, p.target + 1.5, {})),
+        BadShape("clip-one", "clip", lambda p: (p.input, p.target, {"clip": 1.0})),
+        BadShape("clip-negative", "clip", lambda p: (p.input, p.target, {"clip": -0.05})),
+        BadShape(
+            "gamma_neg-negative", "gamma_neg", lambda p: (p.input, p.target, {"gamma_neg": -1.0})
+        ),
+        BadShape(
+            "gamma_pos-negative", "gamma_pos", lambda p: (p.input, p.target, {"gamma_pos": -1.0})
+        ),
+        _bad("larger", "weight", lambda p: (2, *p.input.shape)),
+    ),
+    tensor_hypers=("weight", "normalizer"),
+    double_backward=FOCAL_REFUSAL,
+)
+
+# --- Poly-1 ---------------------------------------------------------------------------------
+
+POLY1_CE = Loss(
+    name="poly1_cross_entropy",
+    fn=fk.poly1_cross_entropy,
+    module=fk.Poly1CrossEntropyLoss,
+    forms=(
+        Form("index", _softmax(lambda n: (n, C_SOFTMAX), "index", epsilon=1.0), compiled=True),
+        Form("index-eps-1", _softmax(lambda n: (n, C_SOFTMAX), "index", epsilon=-1.0)),
+        Form(
+            "index-smoothed",
+            _softmax(
+                lambda n: (n, C_SOFTMAX), "index", ignore_index=-1, epsilon=2.0, label_smoothing=0.1
+            ),
+            refused_by=LABEL_SMOOTHING,
+        ),
+        Form(
+            "prob",
+            _softmax(lambda n: (n, C_SOFTMAX), "prob", epsilon=1.0),
+            compiled=True,
+            refused_by=LABEL_SMOOTHING,
+        ),
+        Form(
+            "spatial",
+            _softmax(lambda n: (2, C_SOFTMAX, (n + 1) // 2), "index", epsilon=0.5),
+        ),
+        Form("single", _softmax(lambda n: (C_SOFTMAX,), "index", epsilon=1.0), empty=False),
+    ),
+    input_name="logits",
+    target_name="targets",
+    dispatch="poly1_cross_entropy",
+    weight=lambda p, draw: _positive((C_SOFTMAX,), draw, p.input.dtype),
+    normalizer=False,  # F.cross_entropy's signature
+    bad_shapes=(
+        BadShape(
+            "targets-index-length",
+            "targets",
+            lambda p: (p.input, torch.zeros(p.input.shape[0] + 1, dtype=torch.long), {}),
+        ),
+        BadShape(
+            "targets-prob-shape",
+            "targets",
+            lambda p: (p.input, torch.rand(p.input.shape[0], C_SOFTMAX + 1), {}),
+        ),
+        BadShape(
+            "epsilon-below-minus-one", "epsilon", lambda p: (p.input, p.target, {"epsilon": -1.5})
+        ),
+        _bad("short", "weight", lambda p: (C_SOFTMAX - 1,)),
+        _bad("matrix", "weight", lambda p: (2, C_SOFTMAX)),
+    ),
+    tensor_hypers=("weight",),
+    double_backward=FOCAL_REFUSAL,
+)
+
+POLY1_FOCAL = Loss(
+    name="poly1_focal_loss",
+    fn=fk.poly1_focal_loss,
+    module=fk.Poly1FocalLoss,
+    forms=(
+        Form(
+            "soft", _sigmoid("soft", alpha=torch.tensor(ALPHA_SIGMOID), epsilon=1.0), compiled=True
+        ),
+        Form("binary-eps-1", _sigmoid("binary", epsilon=-1.0, gamma=0.5)),
+        Form("index", _sigmoid("index", epsilon=2.0, alpha=None), compiled=True),
+        Form("int-dense", _sigmoid("int_dense", gamma=0.0)),
+    ),
+    input_name="logits",
+    target_name="targets",
+    dispatch="poly1_focal_loss",
+    weight=_elementwise_weight,
+    bad_shapes=(
+        BadShape("targets-shape", "targets", lambda p: (p.input, p.target.t(), {})),
+        BadShape("gamma-negative", "gamma", lambda p: (p.input, p.target, {"gamma": -1.0})),
+        BadShape("alpha-above-one", "alpha", lambda p: (p.input, p.target, {"alpha": 1.5})),
+        _bad("larger", "weight", lambda p: (2, *p.input.shape)),
+    ),
+    tensor_hypers=("weight", "normalizer", "alpha-tensor", "alpha-list"),
+    double_backward=FOCAL_REFUSAL,
+)
+
 # --- GHM-C ----------------------------------------------------------------------------------
 
 C_GHM = 4
@@ -719,6 +982,12 @@ FOCAL_L1 = Loss(
 LOSSES: tuple[Loss, ...] = (
     SIGMOID,
     SOFTMAX,
+    QFL,
+    VFL,
+    DFL,
+    ASL,
+    POLY1_CE,
+    POLY1_FOCAL,
     GHM_C,
     GHM_R,
     IOU,
@@ -828,7 +1097,9 @@ def one_intra_op_thread():
 
 
 def test_the_table_has_one_row_per_public_loss():
-    functions = {name for name in fk.__all__ if name.endswith("_loss")}
+    functions = {
+        name for name in fk.__all__ if name.endswith("_loss") or name == "poly1_cross_entropy"
+    }
     modules = {
         name
         for name in fk.__all__
@@ -965,7 +1236,7 @@ def test_module_weight_is_a_buffer_in_the_state_dict(name):
 
 
 def _alpha_values(loss: Loss) -> list[float]:
-    return ALPHA_SIGMOID if loss is SIGMOID else ALPHA_SOFTMAX
+    return ALPHA_SIGMOID if loss in (SIGMOID, POLY1_FOCAL) else ALPHA_SOFTMAX
 
 
 # id -> (the Module attribute, its constructor keywords for a problem)

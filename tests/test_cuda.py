@@ -1,7 +1,8 @@
 """Full-size checks on a CUDA device (skipped without one; CI has none).
 
-* every loss, on both backends, runs forward and backward under
-  ``torch.cuda.set_sync_debug_mode("error")``: no host sync anywhere;
+* every loss, on both backends (torch only for ASL and Poly-1 focal, which have no kernel),
+  runs forward and backward under ``torch.cuda.set_sync_debug_mode("error")``: no host sync
+  anywhere;
 * the Triton kernels equal the torch backend at full size (millions of elements), in value and
   gradient, within the one tolerance table of ``_triton_interp``;
 * the sigmoid focal kernel indexes past ``2**31`` elements (int64 offsets), checked against the
@@ -51,6 +52,12 @@ def build_cases(device=DEVICE, rows=ROWS, classes=C, boxes=BOXES):
     boxes_p = torch.cat([xy, xy + wh], -1)
     boxes_t = boxes_p + torch.randn(boxes, 4, generator=g, device=device) * 5
     num_pos = (labels >= 0).logical_and(labels < classes).sum()
+    scores = torch.rand(rows + 3, generator=g, device=device)
+    iou_targets = torch.where(dense > 0, soft, 0.0)  # dense IoU targets: few positives
+    boxes_dfl = rows // 4 + 1
+    dfl_pred = torch.randn(boxes_dfl, 4, 17, generator=g, device=device) * 2
+    dfl_target = torch.rand(boxes_dfl, 4, generator=g, device=device) * 16
+    dfl_weight = torch.rand(boxes_dfl, 1, generator=g, device=device)
 
     cases = {
         "sigmoid_index": (
@@ -73,6 +80,24 @@ def build_cases(device=DEVICE, rows=ROWS, classes=C, boxes=BOXES):
             ),
             x,
         ),
+        "qfl_index": (
+            lambda z, b: fk.quality_focal_loss(z, labels, scores, normalizer=num_pos, backend=b),
+            x,
+        ),
+        "vfl_dense": (
+            lambda z, b: fk.varifocal_loss(z, iou_targets, normalizer=num_pos, backend=b),
+            x,
+        ),
+        "dfl": (
+            lambda p, b: fk.distribution_focal_loss(
+                p, dfl_target, weight=dfl_weight, normalizer=4 * dfl_weight.sum(), backend=b
+            ),
+            dfl_pred,
+        ),
+        "poly1_ce": (
+            lambda z, b: fk.poly1_cross_entropy(z, labels.clamp(max=classes - 1), backend=b),
+            x,
+        ),
         "ghm_c": (lambda z, b: fk.ghm_c_loss(z, labels, bins=30, backend=b), x),
         "ghm_r": (lambda p, b: fk.ghm_r_loss(p, target.to(p.dtype), bins=10, backend=b), pred),
     }
@@ -93,6 +118,13 @@ def build_cases(device=DEVICE, rows=ROWS, classes=C, boxes=BOXES):
     }
     for name, fn in family.items():
         cases[name] = (lambda p, b, fn=fn: fn(p, boxes_t.to(p.dtype), b), boxes_p)
+
+    # losses without a Triton kernel (their no-sync check runs on torch only)
+    cases["asl"] = (lambda z, b: fk.asymmetric_loss(z, dense, normalizer=rows, backend=b), x)
+    cases["poly1_focal"] = (
+        lambda z, b: fk.poly1_focal_loss(z, labels, normalizer=num_pos, backend=b),
+        x,
+    )
     return cases
 
 
@@ -102,6 +134,10 @@ NAMES = [
     "sigmoid_dense",
     "sigmoid_soft_none",
     "softmax",
+    "qfl_index",
+    "vfl_dense",
+    "dfl",
+    "poly1_ce",
     "ghm_c",
     "ghm_r",
     "iou",
@@ -136,6 +172,21 @@ def test_no_host_sync(name, backend):
     torch.cuda.set_sync_debug_mode("error")
     try:
         _forward_backward(case, backend, torch.float32)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+TORCH_ONLY = ["asl", "poly1_focal"]
+
+
+@pytest.mark.parametrize("name", TORCH_ONLY)
+def test_no_host_sync_without_a_kernel(name):
+    case = CASES[name]
+    _forward_backward(case, "torch", torch.float32)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _forward_backward(case, "torch", torch.float32)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

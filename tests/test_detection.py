@@ -308,7 +308,8 @@ def test_gradient_norm_histogram_and_cumulative_loss():
 
 def test_runs_and_presets():
     runs = det.detection_runs()
-    assert len(runs) == len(set(runs)) == 12
+    assert len(runs) == len(set(runs)) == len(det.CLS_LOSSES) + len(det.BOX_LOSSES) - 1
+    assert {("qfl", det.DEFAULT_BOX), ("vfl", det.DEFAULT_BOX)} <= set(runs)
     assert (det.DEFAULT_CLS, det.DEFAULT_BOX) in runs
     assert {c for c, b in runs if b == det.DEFAULT_BOX} == set(det.CLS_LOSSES)
     assert {b for c, b in runs if c == det.DEFAULT_CLS} == set(det.BOX_LOSSES)
@@ -387,3 +388,51 @@ def test_quick_run_is_deterministic(quick_record):
     )
     assert again["metrics"] == record["metrics"]
     assert again["curve"] == record["curve"]
+
+
+# --- IoU-aware classification (QFL, VFL) --------------------------------------------------
+
+
+def test_positive_ious_are_the_decoded_boxes_iou_with_their_ground_truth():
+    """Each positive anchor's score is the IoU of the box its deltas decode to with its
+    ground truth (box_iou's diagonal), 0 at the other anchors, and carries no gradient."""
+    setting = det.detection_setting("quick")
+    gen = torch.Generator().manual_seed(0)
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 25.0], [2.0, 2.0, 4.0, 4.0]])
+    deltas = (torch.randn(2, 3, 4, generator=gen) * 0.3).requires_grad_(True)
+    gt = torch.tensor([[1.0, 1.0, 11.0, 9.0], [4.0, 6.0, 22.0, 20.0], [0.0, 0.0, 0.0, 0.0]])
+    boxes = gt.expand(2, 3, 4).clone()
+    labels = torch.tensor([[0, 1, C], [IGNORE, 2, C]])
+    positive = ((labels >= 0) & (labels < C)).reshape(-1)
+    targets = det._Targets(labels, boxes, torch.zeros_like(boxes))
+    scores = det._positive_ious(deltas, anchors, targets, positive, setting)
+    assert not scores.requires_grad and scores.shape == (6,)
+    decoded = decode_boxes(
+        deltas.detach().reshape(-1, 4), anchors.repeat(2, 1), setting.box_weights
+    )
+    expected = box_iou(decoded, boxes.reshape(-1, 4)).diagonal()
+    torch.testing.assert_close(scores, torch.where(positive, expected, 0.0))
+    assert (scores[positive] > 0).all()
+
+
+@pytest.mark.parametrize("cls_loss", ["qfl", "vfl"])
+def test_iou_aware_criterion_trains_the_logits_only(cls_loss):
+    """QFL / VFL criteria give finite losses; the IoU targets are constants, so the box
+    deltas get their gradient from the box loss alone."""
+    setting = det.detection_setting("quick")
+    crit = det._Criterion(cls_loss, "smooth_l1", setting)
+    gen = torch.Generator().manual_seed(1)
+    anchors = grid_anchors(4, 8, (10.0, 16.0), (0.5, 1.0, 2.0))
+    num = anchors.shape[0]
+    logits = torch.randn(2, num, det.NUM_CLASSES, generator=gen, requires_grad=True)
+    deltas = (torch.randn(2, num, 4, generator=gen) * 0.1).requires_grad_(True)
+    labels = torch.full((2, num), det.NUM_CLASSES)
+    labels[:, :5] = torch.tensor([0, 1, 2, IGNORE, 0])
+    boxes = anchors.expand(2, -1, -1).clone() + 1.0
+    targets = det._Targets(labels, boxes, torch.zeros_like(boxes))
+    loss_cls, loss_box = crit(logits, deltas, anchors, targets)
+    assert torch.isfinite(loss_cls) and torch.isfinite(loss_box)
+    (g_deltas,) = torch.autograd.grad(loss_cls, deltas, allow_unused=True)
+    assert g_deltas is None or (g_deltas == 0).all()
+    loss_cls.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

@@ -23,7 +23,8 @@ runs) with the specialisation a CUDA launch would give it:
 * **The cases are pairwise, not the full product** (thousands of launches): per loss family
   every pair of values of two options (dtype, target form, alpha, gamma, reduction, grad,
   shape / layout, huge) is in some case, and the options with many values (softmax ``C`` ->
-  ``BLOCK``, GHM ``bins`` -> ``NB`` / ``ATOMIC``) take each value once. So every constexpr
+  ``BLOCK``, GHM ``bins`` -> ``NB`` / ``ATOMIC``, DFL ``bins`` -> ``BLOCK_C`` / ``BLOCK_R``)
+  take each value once. So every constexpr
   value is compiled at least once; ``test_cases_cover_every_constexpr_value`` checks the
   recorded values against :data:`CONSTEXPRS` (every value a wrapper can produce). The two
   open-ended constexprs, ``NUM_CLASSES`` (sigmoid, GHM-C: the class count ``C`` where the
@@ -92,6 +93,7 @@ HUGE = {
     "_box_kernel": ("n",),
     "_atan_kernel": ("n",),
     "_scale_kernel": ("n",),
+    "_dfl_kernel": ("rows", "stride_row"),
 }
 MODULES = (
     "triton_sigmoid_focal",
@@ -99,6 +101,7 @@ MODULES = (
     "triton_ghm",
     "triton_box",
     "triton_scale",
+    "triton_dfl",
 )
 
 # every value of every constexpr that the wrappers can pass (on a CUDA device); CLASS_COUNT,
@@ -112,8 +115,10 @@ CONSTEXPRS = {
     "_sigmoid_focal_kernel": {
         "NUM_CLASSES": CLASS_COUNT,
         "INDEX": _B,
+        "HAS_SCORES": _B,
         "HAS_VALID": _B,
         "ALPHA_MODE": (0, 1, 2),
+        "MODULATION": (0, 1, 2, 3),  # focal, QFL, VFL, VFL without iou weighting
         "GAMMA_ZERO": _B,
         "REDUCE": _B,
         "NEED_GRAD": _B,
@@ -169,10 +174,17 @@ CONSTEXPRS = {
     },
     "_atan_kernel": {"BLOCK": (1024,)},
     "_scale_kernel": {"BLOCK": (1024,)},
+    "_dfl_kernel": {
+        "HAS_WEIGHT": _B,
+        "NEED_GRAD": _B,
+        "BLOCK_R": (2, 4, 8, 16, 32, 64),  # max(2, min(64, 1024 // BLOCK_C))
+        "BLOCK_C": tuple(2**k for k in range(1, 11)),  # min(1024, next_power_of_2(bins))
+    },
 }
 # kernels whose PTX must not divide in 64 bits (C is the constexpr NUM_CLASSES, K ROW_LEN)
 NO_DIV64 = (
     "_sigmoid_focal_kernel",
+    "_dfl_kernel",
     "_ghm_c_hist_kernel",
     "_ghm_c_loss_kernel",
     "_ghm_r_hist_kernel",
@@ -296,6 +308,46 @@ CASES = {
             "target": ("same", "fp32"),
             "grad": ("grad", "no_grad"),
             "layout": ("contiguous", "view", "columns"),
+            "size": ("small", "huge"),
+        }
+    ),
+    "qfl": _pairwise(
+        {
+            "dtype": tuple(DTYPES),
+            "targets": ("soft", "soft_same", "int64", "index"),
+            "beta": ("b0", "b2"),
+            "reduction": ("none", "sum"),
+            "grad": ("grad", "no_grad"),
+            "shape": ("13x7", "16x8", "11x1", "huge"),
+        }
+    ),
+    "vfl": _pairwise(
+        {
+            "dtype": tuple(DTYPES),
+            "targets": ("soft", "soft_same", "bool", "index"),
+            "gamma": ("g0", "g2"),
+            "iou_weighted": ("iou", "plain"),
+            "reduction": ("none", "sum"),
+            "grad": ("grad", "no_grad"),
+            "shape": ("13x7", "16x8", "11x1", "huge"),
+        }
+    ),
+    "dfl": _pairwise(
+        {
+            "dtype": tuple(DTYPES),
+            "target": ("same", "fp32"),
+            "weight": ("no_weight", "weight"),
+            "grad": ("grad", "no_grad"),
+            "layout": ("contiguous", "strided"),
+            "size": ("small", "huge"),
+        },
+        each={"bins": (2, 3, 5, 9, 17, 33, 65, 129, 257, 513, 1025, 3000)},
+    ),
+    "poly1": _pairwise(
+        {
+            "dtype": tuple(DTYPES),
+            "weight": ("no_weight", "weight"),
+            "grad": ("grad", "no_grad"),
             "size": ("small", "huge"),
         }
     ),
@@ -442,6 +494,58 @@ def _box(case: dict) -> None:
     _BOX_LOSSES[kind](pred, target, backend="triton", **extra)
 
 
+def _iou_targets(case: dict, shape) -> tuple:
+    """QFL / VFL targets: dense (as :func:`_dense_target`) or (labels, scores)."""
+    targets = _dense_targets(case["targets"], shape, DTYPES[case["dtype"]])
+    if case["targets"] != "index":
+        return (targets,)
+    return targets, torch.rand(shape[:-1], generator=torch.Generator().manual_seed(2))
+
+
+def _qfl(case: dict) -> None:
+    shape = _shape(case)
+    fk.quality_focal_loss(
+        _logits(case, shape),
+        *_iou_targets(case, shape),
+        beta=0.0 if case["beta"] == "b0" else 2.0,
+        reduction=case["reduction"],
+        backend="triton",
+    )
+
+
+def _vfl(case: dict) -> None:
+    shape = _shape(case)
+    targets = _iou_targets(case, shape)
+    if targets[0].dtype == torch.bool:
+        targets = (targets[0].float(),)
+    fk.varifocal_loss(
+        _logits(case, shape),
+        *targets,
+        gamma=0.0 if case["gamma"] == "g0" else 2.0,
+        iou_weighted=case["iou_weighted"] == "iou",
+        reduction=case["reduction"],
+        backend="triton",
+    )
+
+
+def _dfl(case: dict) -> None:
+    bins = case["bins"]
+    wide = case["layout"] == "strided"
+    pred = _logits(case, (6, 4, 2 * bins if wide else bins))
+    if wide:  # every other column: strides (8 bins, 2)
+        pred = pred.detach()[..., ::2].requires_grad_(case["grad"] == "grad")
+    dtype = DTYPES[case["dtype"]] if case["target"] == "same" else torch.float32
+    target = (torch.rand(6, 4) * (bins - 1)).to(dtype)
+    weight = None if case["weight"] == "no_weight" else torch.rand(6, 1)
+    fk.distribution_focal_loss(pred, target, weight=weight, backend="triton")
+
+
+def _poly1(case: dict) -> None:
+    logits = _logits(case, (6, 5))
+    weight = None if case["weight"] == "no_weight" else torch.rand(5)
+    fk.poly1_cross_entropy(logits, torch.randint(0, 5, (6,)), weight=weight, backend="triton")
+
+
 def _atan(case: dict) -> None:
     from focalkit.kernels.triton_box import triton_atan  # the child only
 
@@ -460,6 +564,10 @@ CALLS = {
     "ghm_c": _ghm_c,
     "ghm_r": _ghm_r,
     "box": _box,
+    "qfl": _qfl,
+    "vfl": _vfl,
+    "dfl": _dfl,
+    "poly1": _poly1,
     "atan": _atan,
     "scale": _scale,
 }

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.triton
 
 KERNELS = {
     name: import_kernel(f"focalkit.kernels.triton_{name}")
-    for name in ("sigmoid_focal", "softmax_focal", "ghm", "box")
+    for name in ("sigmoid_focal", "softmax_focal", "ghm", "box", "dfl")
 }
 
 
@@ -48,6 +48,10 @@ def _cases():
     target = torch.cat([target[:, :2], torch.maximum(target[:, 2:], target[:, :2] + 0.1)], -1)
     sig = KERNELS["sigmoid_focal"]
     ghm = KERNELS["ghm"]
+    scores = torch.rand(12, generator=gen)
+    iou = torch.where(soft > 0.8, soft, 0.0)
+    dfl_pred = torch.randn(6, 4, 9, generator=gen)
+    dfl_target = torch.rand(6, 4, generator=gen) * 8
     return [
         ("sigmoid dense", fk.sigmoid_focal_loss, logits, soft, sig, "_launch"),
         ("sigmoid index", fk.sigmoid_focal_loss, logits, labels, sig, "_launch"),
@@ -62,6 +66,24 @@ def _cases():
         ("ghm_c", fk.ghm_c_loss, logits, soft.round(), ghm, "_ghm_c_launch"),
         ("ghm_r", fk.ghm_r_loss, pred * 0.01, target * 0.01, ghm, "_ghm_r_launch"),
         ("ciou", fk.ciou_loss, pred, target, KERNELS["box"], "_launch"),
+        (
+            "qfl index",
+            lambda x, t, backend: fk.quality_focal_loss(x, t, scores, backend=backend),
+            logits,
+            labels,
+            sig,
+            "_launch",
+        ),
+        ("vfl dense", fk.varifocal_loss, logits, iou, sig, "_launch"),
+        ("dfl", fk.distribution_focal_loss, dfl_pred, dfl_target, KERNELS["dfl"], "_launch"),
+        (
+            "poly1 ce",
+            lambda x, t, backend: fk.poly1_cross_entropy(x, t.clamp_max(4), backend=backend),
+            logits,
+            labels,
+            KERNELS["softmax_focal"],
+            "_launch",
+        ),
     ]
 
 

@@ -16,6 +16,15 @@ from .functional.focal import (
 from .nn.focal import SigmoidFocalLoss, SoftmaxFocalLoss
 
 # isort: split
+# --- the generalized focal family: QFL, VFL, DFL, ASL, Poly-1 --------------------------------
+from .functional.asymmetric import asymmetric_loss
+from .functional.gfl import distribution_focal_loss, quality_focal_loss, varifocal_loss
+from .functional.poly import poly1_cross_entropy, poly1_focal_loss
+from .nn.asymmetric import AsymmetricLoss
+from .nn.gfl import DistributionFocalLoss, QualityFocalLoss, VarifocalLoss
+from .nn.poly import Poly1CrossEntropyLoss, Poly1FocalLoss
+
+# isort: split
 # --- GHM -----------------------------------------------------------------------------------
 from .functional.ghm import ghm_c_loss, ghm_r_loss
 from .nn.ghm import GHMCLoss, GHMRLoss
@@ -55,8 +64,10 @@ except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AsymmetricLoss",
     "CIoULoss",
     "DIoULoss",
+    "DistributionFocalLoss",
     "EIoULoss",
     "FocalEIoULoss",
     "FocalL1Loss",
@@ -65,17 +76,23 @@ __all__ = [
     "GIoULoss",
     "IoULoss",
     "MPDIoULoss",
+    "Poly1CrossEntropyLoss",
+    "Poly1FocalLoss",
+    "QualityFocalLoss",
     "SIoULoss",
     "ShapeIoULoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
+    "VarifocalLoss",
     "WIoULoss",
     "__version__",
+    "asymmetric_loss",
     "box_convert",
     "ciou_loss",
     "class_balanced_weights",
     "diou_loss",
     "distributed",
+    "distribution_focal_loss",
     "eiou_loss",
     "focal_eiou_loss",
     "focal_l1_loss",
@@ -84,11 +101,15 @@ __all__ = [
     "giou_loss",
     "iou_loss",
     "mpdiou_loss",
+    "poly1_cross_entropy",
+    "poly1_focal_loss",
     "prior_bias",
+    "quality_focal_loss",
     "shape_iou_loss",
     "sigmoid_focal_loss",
     "siou_loss",
     "softmax_focal_loss",
+    "varifocal_loss",
     "wiou_loss",
     "wiou_momentum",
 ]

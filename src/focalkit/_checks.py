@@ -464,3 +464,82 @@ def check_wiou_momentum(momentum: float | None) -> None:
     value = _number("momentum", momentum)
     if not (0 <= value <= 1):
         raise ValueError(f"momentum: expected None or a number in [0, 1], got {momentum!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# the generalized focal family (QFL, VFL, DFL, ASL, Poly-1)
+# --------------------------------------------------------------------------------------------
+
+
+def check_number(name: str, value: float) -> float:
+    """A finite real number (not a bool), returned as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {_describe(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def check_poly_epsilon(epsilon: float) -> float:
+    """Poly-1 cross-entropy's epsilon: ``>= -1`` keeps ``CE + epsilon (1 - p_t)`` decreasing
+    in ``p_t`` (its derivative is ``-1/p_t - epsilon``)."""
+    epsilon = check_number("epsilon", epsilon)
+    if epsilon < -1:
+        raise ValueError(
+            f"epsilon: expected a number >= -1 (below, Poly-1 cross-entropy increases with the "
+            f"probability of the target class), got {epsilon!r}"
+        )
+    return epsilon
+
+
+def check_clip(clip: float) -> float:
+    """ASL's probability margin ``m``: a number in [0, 1)."""
+    clip = check_number("clip", clip)
+    if not 0 <= clip < 1:
+        raise ValueError(
+            f"clip: expected a probability margin in [0, 1) (0: no shifting), got {clip!r}"
+        )
+    return clip
+
+
+def check_scores(scores: Tensor | None, is_index: bool, labels_shape: torch.Size) -> None:
+    """QFL / VFL ``scores``: required with class-index targets (one per row, the target of
+    the row's label column: the IoU of its box), refused with dense targets (which carry
+    their soft targets themselves)."""
+    if not is_index:
+        if scores is not None:
+            raise ValueError(
+                "scores: only with class-index targets (dense targets carry the soft target "
+                f"of every column themselves), got {_describe(scores)} with dense targets"
+            )
+        return
+    if scores is None:
+        raise ValueError(
+            f"scores: required with class-index targets: a float tensor of shape "
+            f"{tuple(labels_shape)} holding each positive's target (e.g. the IoU of its box), "
+            "got None"
+        )
+    check_floating("scores", scores)
+    check_same_shape("scores", scores, labels_shape, "one per row of the class-index targets")
+
+
+def check_positive_scores(scores: Tensor, labels: Tensor, num_classes: int) -> None:
+    """The scores of the positive rows (labels in [0, C)) lie in [0, 1]. Reads values."""
+    positive = (labels >= 0) & (labels < num_classes)
+    values = scores.detach()[positive]
+    if values.numel() and bool(((values < 0) | (values > 1) | values.isnan()).any()):
+        lo, hi = float(values.min()), float(values.max())
+        raise ValueError(
+            f"scores: expected values in [0, 1] at the positive rows, got values in [{lo}, {hi}]"
+        )
+
+
+def check_distances(targets: Tensor, n: int) -> None:
+    """DFL targets lie in [0, n] (``n = pred.shape[-1] - 1``). Reads values."""
+    values = targets.detach()
+    if values.numel() and bool(((values < 0) | (values > n) | values.isnan()).any()):
+        lo, hi = float(values.min()), float(values.max())
+        raise ValueError(
+            f"targets: expected distances in [0, n] = [0, {n}] (n = pred.shape[-1] - 1, the "
+            f"top bin), got values in [{lo}, {hi}]"
+        )

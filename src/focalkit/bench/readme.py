@@ -111,10 +111,12 @@ def suite_table(data: dict) -> str:
     lines = [
         f"Benchmark suite, preset `{data['preset']}`, forward + backward (`{data['command']}`; "
         "forward-only and backward-only rows are in the JSON). Bandwidth = minimal bytes / time "
-        "(sigmoid focal and GHM-C: read logits and targets, write the gradient; softmax: read "
-        "logits and int64 labels, write the gradient; copy: read and write the logits); speed-up "
-        "is against the eager baseline of the same loss (torchvision formula, cross_entropy "
-        "focal, per-bin GHM loop). " + _env_line(data["environment"]),
+        "(sigmoid focal, GHM-C, VFL, ASL: read logits and dense targets, write the gradient; "
+        "softmax, Poly-1: read logits and int64 labels, write the gradient; QFL: logits, labels "
+        "and scores; DFL: its own 17-bin logits and targets; copy: read and write the logits); "
+        "speed-up is against the eager baseline of the same loss (torchvision formula, "
+        "cross_entropy focal, per-bin GHM loop, mmdetection's QFL, Ultralytics' VFL and DFL, "
+        "timm's ASL, the PolyLoss pseudocode). " + _env_line(data["environment"]),
         "",
         "| logits | dtype | implementation | time (ms) | peak memory (MiB) | GB/s | % of copy "
         "| vs eager | vs torch.compile |",

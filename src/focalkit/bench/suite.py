@@ -22,6 +22,21 @@ chunked CPU path on a CPU, the plain torch formula elsewhere) and are labelled w
   ``F.cross_entropy``-based formula, int64 class targets, one per row.
 * ``ghm_c`` [per-bin loop]: ``focalkit.ghm_c_loss(bins=30)`` (the torch-ops backend, and
   triton where "auto" picks it) against mmdetection's per-bin loop.
+* ``qfl`` [mmdet quality_focal_loss]: ``focalkit.quality_focal_loss`` on the class-index form
+  (labels with ~10% positive rows, C = background, and their IoU scores), sum over classes /
+  rows, against mmdetection's ``quality_focal_loss``.
+* ``vfl`` [ultralytics VarifocalLoss]: ``focalkit.varifocal_loss`` on the dense IoU-aware
+  targets (the same positives and scores), sum / rows, against Ultralytics' ``VarifocalLoss``
+  (one batch of ``rows`` queries) and mmdetection's ``varifocal_loss``.
+* ``dfl`` [ultralytics DFLoss]: ``focalkit.distribution_focal_loss`` on ``(numel // 17)``
+  rows of 17 bins (mmdetection's GFL ``reg_max = 16``; sides of whole boxes), targets in
+  ``[0, 15.99)``, mean over the sides, against Ultralytics' ``DFLoss(reg_max=17)`` and
+  mmdetection's ``distribution_focal_loss``.
+* ``asl`` [timm AsymmetricLossMultiLabel]: ``focalkit.asymmetric_loss`` (the torch-ops
+  backend; ASL has no Triton kernel) on the dense 0/1 targets, sum / rows, against timm's
+  ASL (batchmean).
+* ``poly1`` [eager poly1 cross_entropy]: ``focalkit.poly1_cross_entropy`` (epsilon 1; the
+  torch-ops backend, and triton where "auto" picks it) against the PolyLoss pseudocode.
 * ``copy``: ``dst.copy_(src)`` of the logits, the bandwidth ceiling (same in every mode).
 
 Minimal bytes (``n`` logits of ``s`` bytes each, ``r`` rows; dense targets have the logits'
@@ -112,29 +127,92 @@ MIN_BYTES_FORMULAS = {
         "backward": "n*s + 8*r (read logits, targets) + n*s (write grad)",
         "fwd+bwd": "n*s + 8*r (read logits, targets) + n*s (write grad)",
     },
+    "qfl": {
+        "forward": "n*s (logits) + 8*r (int64 labels) + r*s (scores)",
+        "backward": "n*s + 8*r + r*s (read logits, labels, scores) + n*s (write grad)",
+        "fwd+bwd": "n*s + 8*r + r*s (read logits, labels, scores) + n*s (write grad)",
+    },
+    "vfl": {
+        "forward": "n*s (logits) + n*s (dense targets)",
+        "backward": "n*s + n*s (read logits, targets) + n*s (write grad)",
+        "fwd+bwd": "n*s + n*s (read logits, targets) + n*s (write grad)",
+    },
+    "dfl": {
+        "forward": "m*s (pred, m = 17 b) + b*s (targets, b rows)",
+        "backward": "m*s + b*s (read pred, targets) + m*s (write grad)",
+        "fwd+bwd": "m*s + b*s (read pred, targets) + m*s (write grad)",
+    },
+    "asl": {
+        "forward": "n*s (logits) + n*s (dense targets)",
+        "backward": "n*s + n*s (read logits, targets) + n*s (write grad)",
+        "fwd+bwd": "n*s + n*s (read logits, targets) + n*s (write grad)",
+    },
+    "poly1": {
+        "forward": "n*s (logits) + 8*r (int64 targets)",
+        "backward": "n*s + 8*r (read logits, targets) + n*s (write grad)",
+        "fwd+bwd": "n*s + 8*r (read logits, targets) + n*s (write grad)",
+    },
     "copy": {mode: "n*s (read) + n*s (write)" for mode in MODES},
 }
 BASELINE = {
     "sigmoid": "eager torchvision formula",
     "softmax": "eager cross_entropy focal",
     "ghm_c": "per-bin loop ghm_c",
+    "qfl": "mmdet quality_focal_loss",
+    "vfl": "ultralytics VarifocalLoss",
+    "dfl": "ultralytics DFLoss",
+    "asl": "timm AsymmetricLossMultiLabel",
+    "poly1": "eager poly1 cross_entropy",
     "copy": "eager torchvision formula",
 }
 COMPILED = "torch.compile(eager)"
-FAMILY_LABEL = {"sigmoid": "focalkit", "softmax": "focalkit softmax", "ghm_c": "focalkit ghm_c"}
+FAMILY_LABEL = {
+    "sigmoid": "focalkit",
+    "softmax": "focalkit softmax",
+    "ghm_c": "focalkit ghm_c",
+    "qfl": "focalkit qfl",
+    "vfl": "focalkit vfl",
+    "dfl": "focalkit dfl",
+    "asl": "focalkit asl",
+    "poly1": "focalkit poly1",
+}
+# the dispatch table's name of each family with a Triton row where "auto" picks the kernel
+TRITON_LOSS = {
+    "sigmoid": "sigmoid_focal_loss",
+    "softmax": "softmax_focal_loss",
+    "ghm_c": "ghm_c_loss",
+    "qfl": "quality_focal_loss",
+    "vfl": "varifocal_loss",
+    "dfl": "distribution_focal_loss",
+    "poly1": "poly1_cross_entropy",
+}
+DFL_BINS = 17  # GFL's reg_max = 16 (mmdetection): 17 logits a side
+
+
+def family_backend(op: str, device_type: str) -> str:
+    """The backend of family ``op``'s focalkit torch-ops row (:func:`torch_ops_backend`)."""
+    return torch_ops_backend(device_type)
 
 
 def reference_row(op: str, device_type: str) -> str:
     """The focalkit torch-ops row of family ``op``, against which max_abs_diff is taken."""
-    return f"{FAMILY_LABEL[op]} ({torch_ops_backend(device_type)})"
+    return f"{FAMILY_LABEL[op]} ({family_backend(op, device_type)})"
 
 
 def min_bytes(op: str, mode: str, numel: int, rows: int, itemsize: int) -> int:
-    """Minimal bytes moved by one call (see :data:`MIN_BYTES_FORMULAS`)."""
+    """Minimal bytes moved by one call (see :data:`MIN_BYTES_FORMULAS`; for ``dfl``, ``numel``
+    and ``rows`` are its own input's)."""
     n, s = numel, itemsize
     if op == "copy":
         return 2 * n * s
-    reads = n * s + (8 * rows if op == "softmax" else n * s)
+    if op in ("softmax", "poly1"):
+        reads = n * s + 8 * rows
+    elif op == "qfl":
+        reads = n * s + 8 * rows + rows * s
+    elif op == "dfl":
+        reads = n * s + rows * s
+    else:
+        reads = 2 * n * s
     return reads if mode == "forward" else reads + n * s
 
 
@@ -161,9 +239,17 @@ class Case:
     classes: int
     dtype_name: str
     logits: torch.Tensor
-    dense: torch.Tensor
-    labels: torch.Tensor
+    dense: torch.Tensor  # one-hot of the positive rows' classes (background rows all 0)
+    labels: torch.Tensor  # (rows,) int64 classes in [0, C): the softmax targets
     valid: torch.Tensor
+    det_labels: torch.Tensor  # (rows,) int64, C = background (~90% of the rows)
+    scores: torch.Tensor  # (rows,) the positives' IoU in (0, 1), logits' dtype
+    quality: torch.Tensor  # dense IoU-aware targets: ``dense`` with the scores as ones
+    dfl_pred: torch.Tensor  # (b, 17) DFL logits, b = 4 * (numel // 68) box sides
+    dfl_target: torch.Tensor  # (b,) distances in [0, 15.99), logits' dtype
+    # a copy for Ultralytics' DFLoss, which clamps its target in place (its values stay,
+    # but the version bump would break the other rows' saved tensors)
+    dfl_target_clamped: torch.Tensor
 
     @property
     def rows(self) -> int:
@@ -181,6 +267,10 @@ def make_case(numel: int, classes: int, dtype_name: str, device: torch.device) -
     pos = labels < classes
     dense[pos.nonzero().squeeze(1), labels[pos]] = 1.0
     soft_labels = torch.randint(0, classes, (rows,), generator=gen)
+    scores = torch.rand(rows, generator=gen) * 0.9 + 0.05
+    sides = max(4, numel // (4 * DFL_BINS) * 4)
+    dfl_pred = torch.randn(sides, DFL_BINS, generator=gen) * 3
+    dfl_target = torch.rand(sides, generator=gen) * (DFL_BINS - 1 - 0.01)
     return Case(
         numel=rows * classes,
         classes=classes,
@@ -189,7 +279,17 @@ def make_case(numel: int, classes: int, dtype_name: str, device: torch.device) -
         dense=dense.to(device=device, dtype=dtype),
         labels=soft_labels.to(device),
         valid=torch.ones(rows, classes, device=device, dtype=dtype),
+        det_labels=labels.to(device),
+        scores=scores.to(device=device, dtype=dtype),
+        quality=(dense * scores[:, None]).to(device=device, dtype=dtype),
+        dfl_pred=dfl_pred.to(device=device, dtype=dtype),
+        dfl_target=dfl_target.to(device=device, dtype=dtype),
+        dfl_target_clamped=dfl_target.to(device=device, dtype=dtype).clone(),
     )
+
+
+def _logits_of(case: Case) -> torch.Tensor:
+    return case.logits
 
 
 @dataclass
@@ -197,6 +297,7 @@ class Impl:
     name: str
     op: str
     loss: Callable[[torch.Tensor, Case], torch.Tensor] | None  # None: the copy row
+    input: Callable[[Case], torch.Tensor] = _logits_of  # the tensor the loss differentiates
 
 
 def implementations(
@@ -305,7 +406,85 @@ def implementations(
         )
     impls += [
         Impl(BASELINE["ghm_c"], "ghm_c", lambda x, c: loop_ghm_c(x, c.dense, c.valid, bins=30)),
-        Impl("copy", "copy", None),
+    ]
+    impls += _generalized_implementations(case, skipped)
+    impls.append(Impl("copy", "copy", None))
+    return impls
+
+
+FamilyLoss = Callable[[torch.Tensor, Case, str], torch.Tensor]
+
+
+def _on_backend(loss: FamilyLoss, backend: str) -> Callable[[torch.Tensor, Case], torch.Tensor]:
+    return lambda x, c: loss(x, c, backend)
+
+
+def _generalized_implementations(case: Case, skipped: dict[str, str]) -> list[Impl]:
+    """The generalized focal family (QFL, VFL, DFL, ASL, Poly-1 CE): each focalkit row (its
+    torch-ops backend, and triton where "auto" picks it) and the public codes' formulas."""
+    import focalkit as fk
+    from focalkit.kernels.dispatch import resolve_backend
+
+    from . import baselines as b
+
+    device_type = case.logits.device.type
+    losses: dict[str, FamilyLoss] = {
+        "qfl": lambda x, c, be: fk.quality_focal_loss(
+            x, c.det_labels, c.scores, normalizer=c.rows, backend=be
+        ),
+        "vfl": lambda x, c, be: fk.varifocal_loss(x, c.quality, normalizer=c.rows, backend=be),
+        "dfl": lambda x, c, be: fk.distribution_focal_loss(x, c.dfl_target, backend=be),
+        "asl": lambda x, c, be: fk.asymmetric_loss(x, c.dense, normalizer=c.rows, backend=be),
+        "poly1": lambda x, c, be: fk.poly1_cross_entropy(x, c.labels, backend=be),
+    }
+    inputs: dict[str, Callable[[Case], torch.Tensor]] = {"dfl": lambda c: c.dfl_pred}
+    impls: list[Impl] = []
+    for op, loss in losses.items():
+        take = inputs.get(op, _logits_of)
+        backend = family_backend(op, device_type)
+        impls.append(
+            Impl(
+                reference_row(op, device_type),
+                op,
+                _on_backend(loss, backend),
+                take,
+            )
+        )
+        if op in TRITON_LOSS:
+            triton_row = f"{FAMILY_LABEL[op]} (triton)"
+            choice = resolve_backend(TRITON_LOSS[op], "auto", take(case))
+            if choice.backend == "triton":
+                impls.append(Impl(triton_row, op, _on_backend(loss, "triton"), take))
+            else:
+                skipped.setdefault(
+                    triton_row, f"auto backend resolves to {choice.backend} on this device"
+                )
+    impls += [
+        Impl(
+            BASELINE["qfl"],
+            "qfl",
+            lambda x, c: b.mmdet_quality_focal_loss(x, c.det_labels, c.scores),
+        ),
+        Impl(
+            BASELINE["vfl"],
+            "vfl",
+            lambda x, c: b.ultralytics_varifocal_loss(x, c.quality, (c.quality > 0).to(x.dtype)),
+        ),
+        Impl("mmdet varifocal_loss", "vfl", lambda x, c: b.mmdet_varifocal_loss(x, c.quality)),
+        Impl(
+            BASELINE["dfl"],
+            "dfl",
+            lambda x, c: b.ultralytics_dfl(x, c.dfl_target_clamped.view(-1, 4), reg_max=DFL_BINS),
+            inputs["dfl"],
+        ),
+        Impl(
+            "mmdet distribution_focal_loss",
+            "dfl",
+            lambda x, c: b.mmdet_distribution_focal_loss(x, c.dfl_target),
+            inputs["dfl"],
+        ),
+        Impl(BASELINE["asl"], "asl", lambda x, c: b.timm_asymmetric_loss(x, c.dense)),
+        Impl(BASELINE["poly1"], "poly1", lambda x, c: b.eager_poly1_cross_entropy(x, c.labels)),
     ]
     return impls
 
@@ -315,21 +494,22 @@ def make_step(impl: Impl, case: Case, mode: str) -> Callable[[], object]:
         dst = torch.empty_like(case.logits)
         return lambda: dst.copy_(case.logits)
     loss_fn = impl.loss
+    leaf = impl.input(case)
     if mode == "forward":
-        x = case.logits.detach()
+        x = leaf.detach()
         return lambda: loss_fn(x, case)
     if mode == "backward":
-        x = case.logits.detach().requires_grad_(True)
+        x = leaf.detach().requires_grad_(True)
         loss = loss_fn(x, case)
         return lambda: torch.autograd.grad(loss, x, retain_graph=True)
 
-    return fwd_bwd_step(loss_fn, case.logits, case)
+    return fwd_bwd_step(loss_fn, leaf, case)
 
 
 def _values(impl: Impl, case: Case) -> tuple[float, torch.Tensor]:
     if impl.loss is None:
         raise ValueError(f"{impl.name}: the copy row has no loss to compare")
-    x = case.logits.detach().requires_grad_(True)
+    x = impl.input(case).detach().requires_grad_(True)
     loss = impl.loss(x, case)
     (grad,) = torch.autograd.grad(loss, x)
     return float(loss.detach().float()), grad.detach().float()
@@ -408,7 +588,10 @@ def run_case(
                 peak = peak_bytes(steps[impl.name], device)
             elif impl.name != COMPILED:
                 peak = peaks.get(f"{impl.name}|{mode}")
-            nbytes = min_bytes(impl.op, mode, case.numel, case.rows, itemsize)
+            size = (case.numel, case.rows)
+            if impl.op == "dfl":  # its own input: box sides of 17 bins
+                size = (case.dfl_pred.numel(), case.dfl_pred.shape[0])
+            nbytes = min_bytes(impl.op, mode, *size, itemsize)
             diff = None
             if impl.loss is not None:
                 ref_loss, ref_grad = values[reference_row(impl.op, device.type)]

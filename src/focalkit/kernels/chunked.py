@@ -1,5 +1,5 @@
-"""The ``"chunked"`` backend: the CPU fast paths of the sigmoid and softmax focal losses and
-of GHM-C.
+"""The ``"chunked"`` backend: the CPU fast paths of the sigmoid family (focal loss, QFL, VFL),
+the softmax family (softmax focal loss, Poly-1 cross-entropy), DFL and GHM-C.
 
 Each walks its input in cache-sized chunks. The focal losses write every elementwise op into
 a few scratch buffers allocated once per call (``out=``) rather than allocating a fresh
@@ -22,18 +22,24 @@ from torch import Tensor
 
 from .._compat import compute_dtype
 from ..functional.focal import (
+    FOCAL,
+    QUALITY,
+    VARIFOCAL,
     GammaPlan,
+    Modulation,
     SigmoidSpec,
     sigmoid_focal_plain,
-    sigmoid_focal_terms,
+    sigmoid_terms,
     softmax_focal_terms,
 )
+from ..functional.gfl import DflSpec, dfl_bins
 from ..functional.ghm import gradient_norm, index_dtype, scaled_bins, weighted_bce_plain
 
 __all__ = [
     "FOCAL_CHUNK_ELEMENTS",
     "GHM_CHUNK_ELEMENTS",
     "bincount_bins",
+    "dfl_chunked",
     "ghm_bin_pass",
     "ghm_weighted_bce",
     "sigmoid_focal_chunked",
@@ -202,8 +208,9 @@ def _binary_chunk(
 def _index_chunk(
     x: Tensor,
     labels: Tensor,
+    scores: Tensor | None,
     valid: Tensor | None,
-    gamma: GammaPlan,
+    mod: Modulation,
     factors: tuple[Tensor, Tensor] | None,
     views: _ChunkViews,
     loss_out: Tensor | None,
@@ -213,9 +220,13 @@ def _index_chunk(
     """Class-index targets on one ``(R, C)`` chunk without a one-hot tensor: every element as
     a negative through :func:`_hard_chunk` (the positives' slots left out of the sum, ignored
     rows scaled by 0), then the (at most one per row) positive recomputed with
-    :func:`~focalkit.functional.focal.sigmoid_focal_terms` at ``y = 1`` and scattered in.
-    ``row_weight`` (R,): a ``weight=`` that is constant along the classes (a detector's
-    per-anchor weight), folded into the same scale as the ignored rows."""
+    :func:`~focalkit.functional.focal.sigmoid_terms` at its target (1, or its ``scores``
+    entry) and scattered in. ``row_weight`` (R,): a ``weight=`` that is constant along the
+    classes (a detector's per-anchor weight), folded into the same scale as the ignored rows.
+
+    Every loss of the sigmoid family is focal loss's negative term at ``y = 0`` (QFL:
+    ``p^beta BCE(x, 0)``, no alpha; VFL: ``alpha p^gamma BCE(x, 0)``), so ``_hard_chunk``
+    serves them all; ``factors`` are (the negatives' factor, the positives' alpha)."""
     num_classes = x.shape[-1]
     bufs = views.bufs
     scale: Tensor | float | None
@@ -243,14 +254,13 @@ def _index_chunk(
     is_pos = is_pos.unsqueeze(-1)
     col = labels.clamp(0, num_classes - 1).unsqueeze(-1)
     drop = (col, is_pos.logical_not().to(x.dtype))
-    partial = _hard_chunk(x, gamma.value, scale, None, loss_out, grad_out, bufs, drop)
-    a_pos = None  # the positive's factor alpha * pos_weight, as its alpha at y = 1
+    partial = _hard_chunk(x, mod.gamma.value, scale, None, loss_out, grad_out, bufs, drop)
+    a_pos = None  # focal: the positive's factor alpha * pos_weight, as its alpha at y = 1
     if factors is not None:
         a_pos = factors[1][col] if factors[1].dim() else factors[1]
     x_pos = x.gather(-1, col)
-    loss_pos, grad_pos = sigmoid_focal_terms(
-        x_pos, torch.ones_like(x_pos), gamma, a_pos, grad_out is not None
-    )
+    y_pos = torch.ones_like(x_pos) if scores is None else scores.to(x.dtype).unsqueeze(-1)
+    loss_pos, grad_pos = sigmoid_terms(x_pos, y_pos, mod, a_pos, grad_out is not None)
     if rows_w is not None:
         loss_pos = loss_pos * rows_w
         grad_pos = None if grad_pos is None else grad_pos * rows_w
@@ -261,6 +271,53 @@ def _index_chunk(
         return None
     positives = torch.where(is_pos, loss_pos, 0).sum()
     return positives if partial is None else partial + positives
+
+
+# a dense chunk of QFL / VFL takes the sparse-positive path when at most this share of its
+# elements are positive (y > 0): detection targets have about one per anchor row or fewer
+SPARSE_POSITIVE_SHARE = 0.25
+
+
+def _sparse_positive_chunk(
+    x: Tensor,
+    y: Tensor,
+    keep: Tensor | None,
+    mod: Modulation,
+    factors: tuple[Tensor, Tensor] | None,
+    views: _ChunkViews,
+    loss_out: Tensor | None,
+    grad_out: Tensor | None,
+) -> tuple[bool, Tensor | None]:
+    """Dense soft targets of QFL or VFL on one chunk whose positives (``y > 0``) are few (IoU
+    targets): every element as a negative through :func:`_hard_chunk` with the positives'
+    (and ignored entries') slots scaled by 0, then the positives gathered, computed at their
+    target with :func:`~focalkit.functional.focal.sigmoid_terms` and put back. Returns
+    (False, None) without writing anything when more than :data:`SPARSE_POSITIVE_SHARE` of
+    the chunk is positive (the plain formula is then faster), else (True, the chunk's sum or
+    None)."""
+    bufs = views.bufs
+    positive = y > 0
+    flat = positive.view(-1).nonzero().squeeze(1)
+    if flat.numel() > SPARSE_POSITIVE_SHARE * y.numel():
+        return False, None
+    scale = bufs[3].copy_(positive).neg_().add_(1)  # 0 at the positives
+    if keep is not None:
+        scale.mul_(keep)
+    alpha = None
+    if factors is not None:  # VFL: the negatives' alpha (also passed to the positives)
+        alpha = factors[0]
+        scale.mul_(float(alpha))
+    partial = _hard_chunk(x, mod.gamma.value, scale, None, loss_out, grad_out, bufs)
+    loss_pos, grad_pos = sigmoid_terms(
+        x.reshape(-1)[flat], y.reshape(-1)[flat], mod, alpha, grad_out is not None
+    )
+    if grad_out is not None and grad_pos is not None:
+        grad_out.view(-1)[flat] = grad_pos
+    if loss_out is not None:
+        loss_out.view(-1)[flat] = loss_pos
+        return True, None
+    positives = loss_pos.sum()
+    return True, positives if partial is None else partial + positives
 
 
 def _put_positives(t: Tensor, col: Tensor, pos: Tensor, values: Tensor) -> Tensor:
@@ -287,33 +344,59 @@ def _hard_factors(
     return 1 - alpha_pos, alpha_pos * pos_weight
 
 
+def _family_factors(
+    mod: Modulation, alpha: Tensor | None, pos_weight: Tensor | None
+) -> tuple[Tensor, Tensor] | None:
+    """(the negatives' factor, the positives' alpha) of the hard paths: focal
+    :func:`_hard_factors`; QFL none; VFL ``alpha`` for the negatives (also passed to the
+    positives, whose target may be 0)."""
+    if mod.kind == FOCAL:
+        return _hard_factors(alpha, pos_weight)
+    if mod.kind == VARIFOCAL and alpha is not None:
+        return alpha, alpha
+    return None
+
+
 def sigmoid_focal_chunked(
     logits: Tensor,
     target: Tensor,
+    scores: Tensor | None,
     valid: Tensor | None,
     weight: Tensor | None,
-    alpha_pos: Tensor | None,
+    alpha: Tensor | None,
     pos_weight: Tensor | None,
     spec: SigmoidSpec,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`~focalkit.functional.focal.sigmoid_focal_plain` (same arguments and results)
-    chunk by chunk. Dense targets are chunked by elements whatever the shape (a ``(N,)`` or
-    ``(B, 1, H, W)`` tensor as well as ``(N, C)``), except with a per-class alpha or
-    ``pos_weight``, which need whole rows; class indices by rows."""
+    chunk by chunk, for every loss of the sigmoid family. Dense targets are chunked by
+    elements whatever the shape (a ``(N,)`` or ``(B, 1, H, W)`` tensor as well as ``(N, C)``),
+    except with a per-class alpha or ``pos_weight``, which need whole rows; class indices by
+    rows. Specialised: class indices (focal loss, QFL, VFL: the negatives through
+    :func:`_hard_chunk`, the positives gathered, computed at their score and scattered),
+    dense 0/1 chunks of focal loss and QFL (at ``y`` in {0, 1}, QFL is focal loss with
+    ``gamma = beta`` and no alpha) and dense chunks of QFL and VFL with few positives
+    (:func:`_sparse_positive_chunk`); other chunks (and every chunk of ASL and of Poly-1
+    focal) go through the plain formula."""
     cdtype = compute_dtype(logits)
-    factors = _hard_factors(alpha_pos, pos_weight)
+    mod = spec.mod
+    factors = _family_factors(mod, alpha, pos_weight)
     per_class = factors is not None and max(factors[0].dim(), factors[1].dim()) == 1
     cols = logits.shape[-1] if (spec.index_form or per_class) and logits.dim() else 1
     x2 = logits.reshape(-1, cols)
     rows = x2.shape[0]
     t2 = target.reshape(rows) if spec.index_form else target.reshape(rows, cols)
+    s2 = None if scores is None else scores.reshape(rows)
     v2 = None
     if valid is not None:
         v2 = valid.reshape(rows) if spec.index_form else valid.reshape(rows, cols)
     w2 = None if weight is None else weight.expand(logits.shape).reshape(rows, cols)
+    binary_ok = mod.kind in (FOCAL, QUALITY)
+    sparse_ok = mod.kind in (QUALITY, VARIFOCAL)  # dense IoU targets: few positives
+    hard_ok = mod.kind in (FOCAL, QUALITY, VARIFOCAL)  # ASL's negatives are not focal's
+    scratch_ok = hard_ok and spec.gamma.is_plain() and mod.epsilon == 0
     row_w = None  # a weight constant along the classes on index targets: a row scale
-    if w2 is not None and weight is not None and spec.index_form and spec.gamma.is_plain():
+    if w2 is not None and weight is not None and spec.index_form and scratch_ok:
         if weight.dim() == 0 or weight.shape[-1] == 1:
             row_w = weight.expand(*logits.shape[:-1], 1).reshape(rows)
             w2 = None
@@ -322,17 +405,21 @@ def sigmoid_focal_chunked(
     out = None if spec.reduce_sum else torch.empty((rows, cols), dtype=cdtype, device=x2.device)
     total = torch.zeros((), dtype=torch.float64, device=logits.device)
     step = max(1, FOCAL_CHUNK_ELEMENTS // cols)
-    # a float gamma and no elementwise weight: hard chunks go through the scratch buffers
+    # a float exponent, no Poly-1 term and no elementwise weight: hard and index chunks go
+    # through the scratch buffers (dense 0/1 chunks for focal loss and QFL only)
     scratch = None
-    if spec.gamma.is_plain() and w2 is None and rows:
-        # broadcast factors are needed except for scalar ones on index targets (floats there)
-        broadcast = factors is not None and (per_class or not spec.index_form)
+    if scratch_ok and w2 is None and rows:
+        # focal loss's factors are broadcast to a chunk for dense targets (the binary path);
+        # scalar ones on index targets, and VFL's alpha, are used as floats
+        broadcast = mod.kind == FOCAL and factors is not None
+        broadcast = broadcast and (per_class or not spec.index_form)
         scratch = _Scratch(min(step, rows), cols, logits, cdtype, factors if broadcast else None)
     integer_targets = not target.is_floating_point()  # 0/1 (and masked) by construction
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         xs = x2[start:stop].to(cdtype)
         ts = t2[start:stop]
+        ss = None if s2 is None else s2[start:stop]
         vs = None if v2 is None else v2[start:stop]
         loss_out = None if out is None else out[start:stop]
         grad_out = None if grad is None else grad[start:stop]
@@ -341,16 +428,21 @@ def sigmoid_focal_chunked(
         fast = views is not None
         if views is not None and spec.index_form:
             rw = None if row_w is None else row_w[start:stop]
-            partial = _index_chunk(xs, ts, vs, spec.gamma, factors, views, loss_out, grad_out, rw)
+            partial = _index_chunk(xs, ts, ss, vs, mod, factors, views, loss_out, grad_out, rw)
         elif views is not None:
             ys = ts.to(cdtype)
-            if integer_targets or _is_binary(ys, views.bufs[0]):
+            if binary_ok and (integer_targets or _is_binary(ys, views.bufs[0])):
                 partial = _binary_chunk(xs, ys, vs, spec.gamma.value, views, loss_out, grad_out)
+            elif sparse_ok:
+                keep = None if vs is None else vs.to(cdtype)
+                fast, partial = _sparse_positive_chunk(
+                    xs, ys, keep, mod, factors, views, loss_out, grad_out
+                )
             else:
                 fast = False
         if not fast:
             ws = None if w2 is None else w2[start:stop]
-            partial, g = sigmoid_focal_plain(xs, ts, vs, ws, alpha_pos, pos_weight, spec, need_grad)
+            partial, g = sigmoid_focal_plain(xs, ts, ss, vs, ws, alpha, pos_weight, spec, need_grad)
             if loss_out is not None:
                 loss_out.copy_(partial)
                 partial = None
@@ -376,9 +468,10 @@ def softmax_index_rows(
     u: Tensor,
     gamma: GammaPlan,
     need_grad: bool,
+    epsilon: float = 0.0,
 ) -> tuple[Tensor, Tensor | None]:
     """:func:`~focalkit.functional.focal.softmax_index_rows_plain` (same arguments and
-    results: class indices without label smoothing) with ``softmax`` written
+    results: class indices without label smoothing, Poly-1's ``epsilon`` included) with ``softmax`` written
     straight into the gradient (or, without one, into a cache-sized scratch, chunk by chunk)
     and ``log p`` formed at the target column only; no temporary of the logits' size besides
     the gradient. Returns the per-row loss and the gradient.
@@ -409,7 +502,7 @@ def softmax_index_rows(
         if bool(underflow.any()):  # CPU eager: reading the flag is free
             r = underflow.squeeze(-1).nonzero().squeeze(-1)
             logp_y[r] = torch.log_softmax(xs[r], -1).gather(-1, col[r])
-        ell, G = softmax_focal_terms(logp_y, gamma)
+        ell, G = softmax_focal_terms(logp_y, gamma, epsilon)
         us = u[start:stop]
         loss[start:stop] = (ell * us).squeeze(-1)
         if grad is not None:
@@ -462,3 +555,52 @@ def ghm_weighted_bce(
         if grad is not None and g is not None:
             grad[s] = g
     return (total.to(x.dtype) if out is None else out), grad
+
+
+# --------------------------------------------------------------------------------------------
+# Distribution Focal Loss
+# --------------------------------------------------------------------------------------------
+
+
+def dfl_chunked(
+    pred: Tensor, y: Tensor, weight: Tensor | None, spec: DflSpec, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`~focalkit.functional.gfl.dfl_plain` (same arguments and results) over
+    cache-sized chunks of rows. Per chunk the softmax is written straight into the gradient
+    (or a chunk-sized scratch without one): ``e = exp(x - max)``, ``s = sum e``, so that
+    ``-log p_c = (max - x_c) + log s`` at the two target bins only (no ``log_softmax`` of the
+    whole row, no temporary of the input's size) and the gradient is ``e / s`` minus the two
+    weights. Chunk sums are accumulated in float64."""
+    cdtype = compute_dtype(pred)
+    rows, bins = pred.shape
+    step = max(1, FOCAL_CHUNK_ELEMENTS // max(bins, 1))
+    grad = torch.empty((rows, bins), dtype=cdtype, device=pred.device) if need_grad else None
+    scratch = None if grad is not None else pred.new_empty((min(step, rows), bins), dtype=cdtype)
+    out = None if spec.reduce_sum else torch.empty(rows, dtype=cdtype, device=pred.device)
+    total = torch.zeros((), dtype=torch.float64, device=pred.device)
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        xs = pred[start:stop].to(cdtype)
+        e = grad[start:stop] if grad is not None else scratch[: stop - start]  # type: ignore[index]
+        top = xs.amax(-1, keepdim=True)
+        torch.sub(xs, top, out=e).exp_()
+        s = e.sum(-1, keepdim=True)
+        left, w_l, w_r = dfl_bins(y[start:stop].to(cdtype), bins - 1)
+        log_s = torch.log(s)
+        nll_l = (top - xs.gather(-1, left)).add_(log_s)
+        nll_r = (top - xs.gather(-1, left + 1)).add_(log_s)
+        loss = nll_l.mul_(w_l).addcmul_(nll_r, w_r).squeeze(-1)
+        ws = None if weight is None else weight[start:stop].to(cdtype)
+        if ws is not None:
+            loss = loss * ws
+        if out is not None:
+            out[start:stop] = loss
+        else:
+            total += loss.sum()
+        if grad is not None:
+            e.div_(s).scatter_add_(-1, left, w_l.neg()).scatter_add_(-1, left + 1, w_r.neg())
+            if ws is not None:
+                e.mul_(ws.unsqueeze(-1))
+    if out is None:
+        return total.to(cdtype), grad
+    return out, grad

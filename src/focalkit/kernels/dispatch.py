@@ -41,9 +41,13 @@ triton     features    the kernel supports the requested options. Torch only:
                        ``sigmoid_focal_loss``: ``weight=``, ``gamma="flsd53"`` or a tensor
                        gamma (``gamma="auto"`` in the Module); ``softmax_focal_loss``:
                        probability targets, ``label_smoothing > 0``, ``gamma="flsd53"`` or a
-                       tensor gamma; IoU family: ``target_boxes`` that require grad
+                       tensor gamma; IoU family: ``target_boxes`` that require grad;
+                       ``quality_focal_loss``, ``varifocal_loss``: ``weight=``, targets or
+                       scores that require grad; ``distribution_focal_loss``: targets that
+                       require grad; ``poly1_cross_entropy``: as ``softmax_focal_loss``
 chunked    device      a CPU tensor
-chunked    features    ``softmax_focal_loss``: class-index targets without label smoothing
+chunked    features    ``softmax_focal_loss``, ``poly1_cross_entropy``: class-index targets
+                       without label smoothing
 =========  ==========  =====================================================================
 
 :func:`recorded_choices` records, for every loss call inside it, the backend taken and why.
@@ -91,6 +95,12 @@ LOSS_BACKENDS: dict[str, tuple[str, ...]] = {
     # the IoU family: iou, giou, diou, ciou, eiou, focal_eiou, siou, wiou, mpdiou, shape_iou
     "box_loss": ("triton",),
     "focal_l1_loss": (),
+    "quality_focal_loss": ("triton", "chunked"),
+    "varifocal_loss": ("triton", "chunked"),
+    "distribution_focal_loss": ("triton", "chunked"),
+    "asymmetric_loss": ("chunked",),
+    "poly1_cross_entropy": ("triton", "chunked"),
+    "poly1_focal_loss": ("chunked",),
 }
 
 
@@ -297,6 +307,10 @@ TRITON_VERIFIED: dict[str, frozenset[str]] = {
     "ghm_c_loss": frozenset({"interpreter"}),
     "ghm_r_loss": frozenset({"interpreter"}),
     "box_loss": frozenset({"interpreter"}),
+    "quality_focal_loss": frozenset({"interpreter"}),
+    "varifocal_loss": frozenset({"interpreter"}),
+    "distribution_focal_loss": frozenset({"interpreter"}),
+    "poly1_cross_entropy": frozenset({"interpreter"}),
 }
 
 

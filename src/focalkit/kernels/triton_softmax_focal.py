@@ -1,4 +1,5 @@
-"""Triton softmax focal loss: the kernel, its host wrapper and its autograd.Function.
+"""Triton softmax focal loss and Poly-1 cross-entropy: the kernel, its host wrapper and its
+autograd.Function.
 
 The fused cross-entropy technique (as in Liger-Kernel's ``cross_entropy``): one program per
 row of the channel-last ``(M, C)`` logits. Pass 1 runs an online softmax over ``C`` in blocks
@@ -7,9 +8,10 @@ column, all float32) and reads ``x[y]``; then ``q = 1 - p_t = d_other / d`` is e
 ``p_t -> 1``. Pass 2 writes the gradient row ``u G (p_j - [j = y])``; nothing else of size
 ``(M, C)`` is allocated. Per row the kernel writes the loss to an ``(M,)`` float32 buffer.
 
-Same formulas as ``_softmax_focal_terms`` in :mod:`focalkit.functional.focal`:
-``ell = -(1 - p_t)^g log p_t``, ``G = (1 - p_t)^g (1 - g p_t log(p_t) / (1 - p_t))`` with the
-ratio -> -1 as ``p_t -> 1``; ``u = [y != ignore] w[y] alpha_t``. The gradient is stored
+Same formulas as ``softmax_focal_terms`` in :mod:`focalkit.functional.focal`:
+``ell = -(1 - p_t)^g log p_t + eps (1 - p_t)^(g+1)``,
+``G = (1 - p_t)^g (1 - g p_t log(p_t) / (1 - p_t) + eps (g + 1) p_t)`` with the
+ratio -> -1 as ``p_t -> 1`` (``eps``: Poly-1's epsilon, 0 for focal loss); ``u = [y != ignore] w[y] alpha_t``. The gradient is stored
 already multiplied by the reduction's ``1 / sum w[y]`` (or ``1 / normalizer``), in
 :func:`~focalkit._autograd.stored_grad_dtype`, and backward only applies ``grad_output``: on
 the device, skipped where it is 1 (:mod:`focalkit.kernels.triton_scale`).
@@ -61,6 +63,7 @@ def _softmax_focal_kernel(
     stride_col,
     ignore_index,
     gamma,
+    epsilon,  # Poly-1's: adds epsilon (1 - p_t)^(gamma + 1) (0 for softmax focal loss)
     HAS_WEIGHT: tl.constexpr,
     ALPHA_MODE: tl.constexpr,
     GAMMA_ZERO: tl.constexpr,
@@ -94,13 +97,13 @@ def _softmax_focal_kernel(
     p_t = tl.exp(x_y - m) / d
     logp = tl.where(q < 0.5, _log1p_neg(tl.minimum(q, 0.5)), (x_y - m) - tl.log(d))
     if GAMMA_ZERO:
-        ell = -logp
-        G = 1.0
+        ell = -logp + epsilon * q
+        G = 1.0 + epsilon * p_t
     else:
         mod = tl.where(q > 0, tl.exp(gamma * tl.log(tl.maximum(q, _TINY))), 0.0)
-        ell = -mod * logp
+        ell = mod * (epsilon * q - logp)
         ratio = tl.where(q > 0, logp / tl.maximum(q, _TINY), -1.0)
-        G = mod * (1.0 - gamma * p_t * ratio)
+        G = mod * (1.0 - gamma * p_t * ratio + epsilon * (gamma + 1.0) * p_t)
 
     wy = valid.to(tl.float32)
     if HAS_WEIGHT:
@@ -130,6 +133,7 @@ class TritonSoftmaxSpec(NamedTuple):
     gamma: float
     reduce_sum: bool  # True: the summed loss (0-dim); False: the per-row loss (M,)
     ignore_index: int
+    epsilon: float = 0.0  # Poly-1 cross-entropy's (with gamma 0)
 
 
 def _launch(
@@ -169,6 +173,7 @@ def _launch(
             logits.stride(1),
             spec.ignore_index,
             float(spec.gamma),
+            float(spec.epsilon),
             HAS_WEIGHT=w is not None,
             ALPHA_MODE=alpha_mode,
             GAMMA_ZERO=spec.gamma == 0,

@@ -1,9 +1,9 @@
 """Study 2: dense detection of small shapes on clutter, evaluated with pycocotools.
 
-What it compares: classification losses (``bce``, ``alpha_bce``, ``focal``, ``ghmc``) with the
-box loss fixed at RetinaNet's smooth L1, and box losses (``smooth_l1``, ``giou``, ``ciou``,
-``eiou``, ``focal_eiou``, ``ghmr``, ``siou``, ``wiou``, ``inner_ciou``) with the
-classification loss fixed at focal loss, on the same detector, data, initialisation,
+What it compares: classification losses (``bce``, ``alpha_bce``, ``focal``, ``ghmc``, ``qfl``,
+``vfl``) with the box loss fixed at RetinaNet's smooth L1, and box losses (``smooth_l1``,
+``giou``, ``ciou``, ``eiou``, ``focal_eiou``, ``ghmr``, ``siou``, ``wiou``, ``inner_ciou``) with
+the classification loss fixed at focal loss, on the same detector, data, initialisation,
 optimiser, learning-rate schedule and number of steps.
 
 Data (:mod:`.data`): generated scenes (squares, discs, triangles of random colours, mostly
@@ -27,6 +27,13 @@ Losses, all normalised by the number of positive anchors in the batch (RetinaNet
 * ``ghmc``: ``fk.GHMCLoss(bins=30, momentum=0.75)``, loss weight 1. It normalises itself (its
   weights sum to the number of valid elements, which it divides by), so no ``num_pos``, as in
   the authors' code.
+* ``qfl`` / ``vfl``: IoU-aware classification, ``fk.quality_focal_loss(beta=2)`` (GFL) and
+  ``fk.varifocal_loss(alpha=0.75, gamma=2)`` (VarifocalNet) on the class-index targets, each
+  positive's target being the IoU of its decoded box (the predicted deltas at that anchor)
+  with its ground truth, computed under no-grad every step as the GFL and VFNet heads do; the
+  ignored anchors stay ignored, ``normalizer=num_pos`` (both papers). The score threshold and
+  NMS at inference are the same for every loss (the sigmoid output is then the joint
+  class-and-quality score these losses train).
 * ``smooth_l1``: on deltas, ``beta = 1/9`` (Detectron's RetinaNet), summed over the 4
   coordinates, / num_pos.
 * ``ghmr``: ``fk.GHMRLoss(mu=0.02, bins=10, momentum=0.7)`` on the positives' deltas, loss
@@ -115,7 +122,7 @@ __all__ = [
     "run_detection",
 ]
 
-CLS_LOSSES = ("bce", "alpha_bce", "focal", "ghmc")
+CLS_LOSSES = ("bce", "alpha_bce", "focal", "ghmc", "qfl", "vfl")
 BOX_LOSSES = (
     "smooth_l1",
     "giou",
@@ -136,6 +143,7 @@ _ASSIGN_CHUNK = 64  # images per assignment call (the IoU tensor is chunk x A x 
 
 # (alpha, gamma) of the sigmoid-focal family
 _FOCAL_FAMILY = {"bce": (None, 0.0), "alpha_bce": (0.75, 0.0), "focal": (0.25, 2.0)}
+_IOU_AWARE = ("qfl", "vfl")  # their positives' targets: the IoU of the decoded box
 
 
 @dataclass(frozen=True)
@@ -364,6 +372,12 @@ class _Criterion(nn.Module):
         num_pos = positive.sum()
         if self.ghmc is not None:
             loss_cls = self.ghmc(flat_logits, labels)
+        elif self.cls_loss in _IOU_AWARE:
+            scores = _positive_ious(deltas, anchors, targets, positive, self.setting)
+            iou_aware = fk.quality_focal_loss if self.cls_loss == "qfl" else fk.varifocal_loss
+            loss_cls = iou_aware(
+                flat_logits, labels, scores, ignore_index=IGNORE, normalizer=num_pos
+            )
         else:
             alpha, gamma = _FOCAL_FAMILY[self.cls_loss]
             loss_cls = fk.sigmoid_focal_loss(
@@ -399,6 +413,25 @@ class _Criterion(nn.Module):
                 loss_box = fn(pred_boxes, target_boxes, normalizer=num_pos)
             loss_box = setting.iou_loss_weight * loss_box
         return loss_cls, loss_box
+
+
+@torch.no_grad()
+def _positive_ious(
+    deltas: Tensor, anchors: Tensor, targets: _Targets, positive: Tensor, setting: DetectionSetting
+) -> Tensor:
+    """``(N * A,)``: at each positive anchor the IoU of its decoded box with its ground truth
+    (a constant of the classification loss, as in the GFL and VFNet heads), 0 elsewhere."""
+    pred = deltas.reshape(-1, 4)[positive]
+    anchor_boxes = anchors.expand(deltas.shape[0], -1, -1).reshape(-1, 4)[positive]
+    boxes = decode_boxes(pred.float(), anchor_boxes, setting.box_weights)
+    gt = targets.boxes.reshape(-1, 4)[positive]
+    lt = torch.maximum(boxes[:, :2], gt[:, :2])
+    rb = torch.minimum(boxes[:, 2:], gt[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    union = (boxes[:, 2:] - boxes[:, :2]).prod(-1) + (gt[:, 2:] - gt[:, :2]).prod(-1) - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1e-12), 0.0).clamp(0, 1)
+    scores = torch.zeros(positive.shape, dtype=torch.float32, device=deltas.device)
+    return scores.masked_scatter_(positive, iou)
 
 
 # --------------------------------------------------------------------------------------------
