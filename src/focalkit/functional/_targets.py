@@ -63,6 +63,8 @@ def _float_targets(
     is False, a value that is neither in [0, 1] nor ``ignore_index`` raises). Elsewhere
     reading would sync the device: the mask is always built (``ignore_index=None`` skips it)
     and values are checked only with ``validate=True``."""
+    if ignore_index is None and validate is False:  # nothing to find, nothing to check
+        return SigmoidTargets(num_classes, targets, None, is_index=False)
     if not may_read_values(targets):
         if validate:
             _check_float_values(targets, ignore_index)

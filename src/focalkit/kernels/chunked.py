@@ -205,10 +205,9 @@ def _binary_chunk(
     return _hard_chunk(z, gamma, alpha_t, y, loss_out, grad_out, bufs)
 
 
-def _index_chunk(
+def _index_negatives(
     x: Tensor,
     labels: Tensor,
-    scores: Tensor | None,
     valid: Tensor | None,
     mod: Modulation,
     factors: tuple[Tensor, Tensor] | None,
@@ -218,11 +217,10 @@ def _index_chunk(
     row_weight: Tensor | None = None,
 ) -> Tensor | None:
     """Class-index targets on one ``(R, C)`` chunk without a one-hot tensor: every element as
-    a negative through :func:`_hard_chunk` (the positives' slots left out of the sum, ignored
-    rows scaled by 0), then the (at most one per row) positive recomputed with
-    :func:`~focalkit.functional.focal.sigmoid_terms` at its target (1, or its ``scores``
-    entry) and scattered in. ``row_weight`` (R,): a ``weight=`` that is constant along the
-    classes (a detector's per-anchor weight), folded into the same scale as the ignored rows.
+    a negative through :func:`_hard_chunk`, the positives' slots left out of the sum (their
+    terms come from :func:`_index_positives`, once for the whole tensor), ignored rows scaled
+    by 0. ``row_weight`` (R,): a ``weight=`` that is constant along the classes (a
+    detector's per-anchor weight), folded into the same scale as the ignored rows.
 
     Every loss of the sigmoid family is focal loss's negative term at ``y = 0`` (QFL:
     ``p^beta BCE(x, 0)``, no alpha; VFL: ``alpha p^gamma BCE(x, 0)``), so ``_hard_chunk``
@@ -239,8 +237,8 @@ def _index_chunk(
     keep: Tensor | None = None
     if valid is not None and not bool(valid.all()):  # ignored rows: a zero scale
         keep = valid.unsqueeze(-1)
-    rows_w = None if row_weight is None else row_weight.to(x.dtype).unsqueeze(-1)
-    if rows_w is not None:
+    if row_weight is not None:
+        rows_w = row_weight.to(x.dtype).unsqueeze(-1)
         keep = rows_w if keep is None else rows_w * keep
     if keep is not None:
         if isinstance(scale, Tensor):
@@ -249,19 +247,42 @@ def _index_chunk(
             factor = 1.0 if scale is None else scale
             scale = bufs[3].copy_(keep.expand_as(x)).mul_(factor)
     is_pos = (labels >= 0) & (labels < num_classes)
+    col = labels.clamp(0, num_classes - 1).unsqueeze(-1)
+    drop = (col, is_pos.logical_not().unsqueeze(-1).to(x.dtype))
+    return _hard_chunk(x, mod.gamma.value, scale, None, loss_out, grad_out, bufs, drop)
+
+
+def _index_positives(
+    x: Tensor,
+    labels: Tensor,
+    scores: Tensor | None,
+    valid: Tensor | None,
+    mod: Modulation,
+    factors: tuple[Tensor, Tensor] | None,
+    loss_out: Tensor | None,
+    grad_out: Tensor | None,
+    row_weight: Tensor | None,
+    dtype: torch.dtype,
+) -> Tensor | None:
+    """The (at most one per row) positive of every row of ``(R, C)`` logits, computed once
+    (a handful of ops on ``R`` elements rather than on every chunk) with
+    :func:`~focalkit.functional.focal.sigmoid_terms` at its target (1, or its ``scores``
+    entry) and scattered into ``loss_out`` / ``grad_out`` (their slots were left to it by
+    :func:`_index_negatives`); returns the positives' sum when ``loss_out`` is None."""
+    num_classes = x.shape[-1]
+    is_pos = (labels >= 0) & (labels < num_classes)
     if valid is not None:
         is_pos &= valid
     is_pos = is_pos.unsqueeze(-1)
     col = labels.clamp(0, num_classes - 1).unsqueeze(-1)
-    drop = (col, is_pos.logical_not().to(x.dtype))
-    partial = _hard_chunk(x, mod.gamma.value, scale, None, loss_out, grad_out, bufs, drop)
     a_pos = None  # focal: the positive's factor alpha * pos_weight, as its alpha at y = 1
     if factors is not None:
         a_pos = factors[1][col] if factors[1].dim() else factors[1]
-    x_pos = x.gather(-1, col)
-    y_pos = torch.ones_like(x_pos) if scores is None else scores.to(x.dtype).unsqueeze(-1)
+    x_pos = x.gather(-1, col).to(dtype)
+    y_pos = torch.ones_like(x_pos) if scores is None else scores.to(dtype).unsqueeze(-1)
     loss_pos, grad_pos = sigmoid_terms(x_pos, y_pos, mod, a_pos, grad_out is not None)
-    if rows_w is not None:
+    if row_weight is not None:
+        rows_w = row_weight.to(dtype).unsqueeze(-1)
         loss_pos = loss_pos * rows_w
         grad_pos = None if grad_pos is None else grad_pos * rows_w
     if grad_out is not None and grad_pos is not None:
@@ -269,8 +290,7 @@ def _index_chunk(
     if loss_out is not None:
         _put_positives(loss_out, col, is_pos, loss_pos)
         return None
-    positives = torch.where(is_pos, loss_pos, 0).sum()
-    return positives if partial is None else partial + positives
+    return torch.where(is_pos, loss_pos, 0).sum()
 
 
 # a dense chunk of QFL / VFL takes the sparse-positive path when at most this share of its
@@ -428,7 +448,7 @@ def sigmoid_focal_chunked(
         fast = views is not None
         if views is not None and spec.index_form:
             rw = None if row_w is None else row_w[start:stop]
-            partial = _index_chunk(xs, ts, ss, vs, mod, factors, views, loss_out, grad_out, rw)
+            partial = _index_negatives(xs, ts, vs, mod, factors, views, loss_out, grad_out, rw)
         elif views is not None:
             ys = ts.to(cdtype)
             if binary_ok and (integer_targets or _is_binary(ys, views.bufs[0])):
@@ -450,6 +470,10 @@ def sigmoid_focal_chunked(
                 grad_out.copy_(g)
         if partial is not None:
             total += partial
+    if scratch is not None and spec.index_form:  # every chunk left its positives' slots
+        positives = _index_positives(x2, t2, s2, v2, mod, factors, out, grad, row_w, cdtype)
+        if positives is not None:
+            total += positives
     if grad is not None:
         grad = grad.reshape(logits.shape)
     if out is None:
