@@ -182,21 +182,19 @@ def bce_with_logits(x: Tensor, y: Tensor, pos_weight: Tensor | None = None) -> T
     """Binary cross-entropy with logits, ``-(w y log p + (1 - y) log(1 - p))`` with
     ``p = sigmoid(x)`` and ``w = pos_weight`` (1 without), computed without cancellation:
 
-        BCE = (1 - y) max(x, 0) + w y max(-x, 0) + (1 - y + w y) log(1 + exp(-|x|))
+        BCE = (1 - y) softplus(x) + w y softplus(-x),    softplus(x) = log(1 + exp(x))
 
-    Every term is a product of non-negative factors (the two ``max`` terms as one ``lerp``,
-    which forms ``(1 - y) x`` as ``x - x y`` only for ``y < 1/2``, where it cannot cancel), so
-    the relative error is a few float32 roundings for every ``x`` and every ``y`` in [0, 1].
-    ``F.binary_cross_entropy_with_logits`` forms ``x - x y + max(-x, 0) + log(...)``
-    instead and loses relative precision where terms cancel (``x = -8, y = 0``: 9e-4 in
-    float32)."""
-    tail = torch.nn.functional.softplus(-x.abs())  # log(1 + exp(-|x|)), exact (log1p)
-    if pos_weight is None:
-        return torch.lerp(torch.relu(x), torch.relu(-x), y).add_(tail)
-    pw = pos_weight.to(x.dtype)
-    return torch.lerp(torch.relu(x), torch.relu(-x) * pw, y).add_(
-        tail * torch.lerp(torch.ones_like(pw), pw, y)
-    )
+    Both terms are non-negative and ``softplus`` is exact (``log1p``) on the whole line, so
+    the relative error is a few float32 roundings for every ``x`` and every ``y`` in [0, 1]
+    (the two terms are one ``lerp``, which returns its end points exactly at ``y`` in {0, 1}
+    and cannot cancel between two non-negative values). ``F.binary_cross_entropy_with_logits``
+    forms ``x - x y + max(-x, 0) + log(...)`` instead and loses relative precision where terms
+    cancel (``x = -8, y = 0``: 9e-4 in float32)."""
+    softplus = torch.nn.functional.softplus
+    positive = softplus(-x)  # -log p
+    if pos_weight is not None:
+        positive = positive * pos_weight.to(x.dtype)
+    return torch.lerp(softplus(x), positive, y)
 
 
 # The modulating factors of the sigmoid family: every loss of the family is, per element,
