@@ -59,16 +59,30 @@ def check_tensor(name: str, tensor: object) -> None:
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
 
 
-def check_nonnegative(name: str, value: float) -> None:
+def _number(name: str, value: object) -> float:
+    """``value`` as a float: a real number (an int or a float, not a bool), else TypeError.
+    The first step of every numeric check below."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number, got {_describe(value)}")
+    return float(value)
+
+
+def check_number(name: str, value: float) -> float:
+    """A finite real number (not a bool), returned as a float."""
+    number = _number(name, value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return number
+
+
+def check_nonnegative(name: str, value: float) -> None:
+    _number(name, value)
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
 
 
 def check_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {_describe(value)}")
+    _number(name, value)
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
 
@@ -82,8 +96,7 @@ def check_int_at_least(name: str, value: int, minimum: int) -> None:
 
 def check_unit_interval(name: str, value: float, *, closed_right: bool = True) -> None:
     """``value`` in [0, 1] (or [0, 1) with ``closed_right=False``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {_describe(value)}")
+    _number(name, value)
     ok = 0 <= value <= 1 if closed_right else 0 <= value < 1
     if not ok:
         interval = "[0, 1]" if closed_right else "[0, 1)"
@@ -336,12 +349,6 @@ WIOU_VERSIONS = (1, 2, 3)
 WIOU_BASES = ("iou", "giou", "diou", "ciou", "eiou", "siou")
 
 
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {_describe(value)}")
-    return float(value)
-
-
 def check_power(power: float) -> float:
     """Alpha-IoU's exponent: a finite number >= 1 (below 1, ``IoU^a`` has an infinite slope
     at 0 and the gradient of disjoint or identical boxes is not finite)."""
@@ -469,15 +476,6 @@ def check_wiou_momentum(momentum: float | None) -> None:
 # --------------------------------------------------------------------------------------------
 # the generalized focal family (QFL, VFL, DFL, ASL, Poly-1)
 # --------------------------------------------------------------------------------------------
-
-
-def check_number(name: str, value: float) -> float:
-    """A finite real number (not a bool), returned as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {_describe(value)}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    return float(value)
 
 
 def check_poly_epsilon(epsilon: float) -> float:
