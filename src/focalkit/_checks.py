@@ -218,8 +218,9 @@ def check_label_smoothing(label_smoothing: float) -> float:
     return float(label_smoothing)
 
 
-def check_class_weight(weight: Tensor | None, num_classes: int) -> None:
-    """``weight``: None or a floating ``(C,)`` tensor (one rescaling factor per class)."""
+def check_class_weight(weight: Tensor | None, num_classes: int, read: bool = False) -> None:
+    """``weight``: None or a floating ``(C,)`` tensor (one rescaling factor per class), its
+    values >= 0 where ``read`` (the caller allows reading values)."""
     if weight is None:
         return
     check_floating("weight", weight)
@@ -228,6 +229,8 @@ def check_class_weight(weight: Tensor | None, num_classes: int) -> None:
             f"weight: expected a per-class tensor of shape ({num_classes},), "
             f"got {tuple(weight.shape)}"
         )
+    if read:
+        check_nonnegative_values("weight", weight)
 
 
 def check_elementwise_weight(weight: Tensor | None, shape: torch.Size) -> None:
@@ -236,6 +239,16 @@ def check_elementwise_weight(weight: Tensor | None, shape: torch.Size) -> None:
         return
     check_tensor("weight", weight)
     check_broadcastable_to("weight", weight, shape)
+
+
+def check_nonnegative_weight(weight: Tensor | None, shape: torch.Size, read: bool) -> None:
+    """``weight``: None or a floating tensor that broadcasts to ``shape`` without changing it,
+    its values >= 0 where ``read`` (the caller allows reading values)."""
+    check_elementwise_weight(weight, shape)
+    if weight is not None:
+        check_floating("weight", weight)
+        if read:
+            check_nonnegative_values("weight", weight)
 
 
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:

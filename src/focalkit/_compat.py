@@ -36,6 +36,8 @@ def output_dtype(tensor: Tensor) -> torch.dtype:
     return tensor.dtype
 
 
-def may_read_values(tensor: Tensor) -> bool:
-    """Reading values costs nothing on CPU in eager mode; elsewhere it syncs or breaks graphs."""
-    return tensor.device.type == "cpu" and not is_compiling()
+def may_read_values(tensor: Tensor | None) -> bool:
+    """Reading values costs nothing on CPU in eager mode; elsewhere it syncs or breaks graphs.
+    False for what is not a tensor (an optional ``weight`` left out, or a wrong object its own
+    check refuses)."""
+    return isinstance(tensor, Tensor) and tensor.device.type == "cpu" and not is_compiling()

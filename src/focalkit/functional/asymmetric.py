@@ -17,10 +17,9 @@ from torch import Tensor
 
 from .._checks import (
     check_clip,
-    check_elementwise_weight,
     check_floating,
     check_nonnegative,
-    check_nonnegative_values,
+    check_nonnegative_weight,
     check_normalizer,
     check_reduction,
     check_tensor,
@@ -119,11 +118,9 @@ def asymmetric_loss(
     if not isinstance(detach_focusing, bool):
         raise TypeError(f"detach_focusing: expected True or False, got {detach_focusing!r}")
     parsed = parse_sigmoid_targets(logits, targets, ignore_index, validate)
-    check_elementwise_weight(weight, logits.shape)
-    if weight is not None:
-        check_floating("weight", weight)
-        if validate is True or (validate is None and may_read_values(weight)):
-            check_nonnegative_values("weight", weight)
+    check_nonnegative_weight(
+        weight, logits.shape, validate is True or (validate is None and may_read_values(weight))
+    )
     mod = Modulation(
         ASYMMETRIC,
         GammaPlan.of(float(gamma_neg)),

@@ -1293,9 +1293,7 @@ def softmax_focal_loss(
     num_classes = softmax_num_classes(logits)
     read = validate is True or (validate is None and may_read_values(logits))
     alpha_t = alpha_tensor(alpha, num_classes, logits, unit=False, check_values=read)
-    check_class_weight(weight, num_classes)
-    if weight is not None and read:
-        check_nonnegative_values("weight", weight)
+    check_class_weight(weight, num_classes, read)
     parsed = parse_softmax_targets(logits, targets, ignore_index, validate)
     return run_softmax_family(
         "softmax_focal_loss",

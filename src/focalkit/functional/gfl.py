@@ -32,10 +32,9 @@ from torch import Tensor
 from .._autograd import refuse_double_backward, stored_grad
 from .._checks import (
     check_distances,
-    check_elementwise_weight,
     check_floating,
     check_nonnegative,
-    check_nonnegative_values,
+    check_nonnegative_weight,
     check_normalizer,
     check_positive_scores,
     check_reduction,
@@ -78,11 +77,7 @@ def _parse_iou_aware(
     read = validate is True or (validate is None and may_read_values(logits))
     if scores is not None and read:
         check_positive_scores(scores, parsed.target, parsed.num_classes)
-    check_elementwise_weight(weight, logits.shape)
-    if weight is not None:
-        check_floating("weight", weight)
-        if read:
-            check_nonnegative_values("weight", weight)
+    check_nonnegative_weight(weight, logits.shape, read)
     return parsed
 
 
@@ -437,16 +432,12 @@ def distribution_focal_loss(
             f"per distribution), got {tuple(targets.shape)}"
         )
     n = pred.shape[-1] - 1
-    read = validate is True or (validate is None and may_read_values(targets))
-    if read:
+    if validate is True or (validate is None and may_read_values(targets)):
         check_distances(targets, n)
-    w = None
-    if weight is not None:
-        check_elementwise_weight(weight, targets.shape)
-        check_floating("weight", weight)
-        if validate is True or (validate is None and may_read_values(weight)):
-            check_nonnegative_values("weight", weight)
-        w = weight.expand(targets.shape).reshape(-1)
+    check_nonnegative_weight(
+        weight, targets.shape, validate is True or (validate is None and may_read_values(weight))
+    )
+    w = None if weight is None else weight.expand(targets.shape).reshape(-1)
     out_dtype = output_dtype(pred)
     triton_lacks = "targets that require grad" if targets.requires_grad else None
     choice = resolve_backend(

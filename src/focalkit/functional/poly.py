@@ -18,11 +18,10 @@ from torch import Tensor
 
 from .._checks import (
     check_class_weight,
-    check_elementwise_weight,
     check_floating,
     check_gamma,
     check_label_smoothing,
-    check_nonnegative_values,
+    check_nonnegative_weight,
     check_normalizer,
     check_number,
     check_poly_epsilon,
@@ -115,9 +114,9 @@ def poly1_cross_entropy(
     epsilon = check_poly_epsilon(epsilon)
     label_smoothing = check_label_smoothing(label_smoothing)
     num_classes = softmax_num_classes(logits)
-    check_class_weight(weight, num_classes)
-    if weight is not None and (validate is True or (validate is None and may_read_values(weight))):
-        check_nonnegative_values("weight", weight)
+    check_class_weight(
+        weight, num_classes, validate is True or (validate is None and may_read_values(weight))
+    )
     parsed = parse_softmax_targets(logits, targets, ignore_index, validate)
     return run_softmax_family(
         "poly1_cross_entropy",
@@ -196,11 +195,7 @@ def poly1_focal_loss(
     parsed = parse_sigmoid_targets(logits, targets, ignore_index, validate)
     read = validate is True or (validate is None and may_read_values(logits))
     alpha_pos = alpha_tensor(alpha, parsed.num_classes, logits, check_values=read)
-    check_elementwise_weight(weight, logits.shape)
-    if weight is not None:
-        check_floating("weight", weight)
-        if read:
-            check_nonnegative_values("weight", weight)
+    check_nonnegative_weight(weight, logits.shape, read)
     mod = Modulation(FOCAL, GammaPlan.of(gamma_value), epsilon=epsilon)
     return run_sigmoid_family(
         "poly1_focal_loss",
