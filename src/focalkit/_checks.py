@@ -67,6 +67,12 @@ def _number(name: str, value: object) -> float:
     return float(value)
 
 
+def check_flag(name: str, value: object) -> None:
+    """``value`` is True or False (a bool, not merely truthy), else TypeError."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+
+
 def check_number(name: str, value: float) -> float:
     """A finite real number (not a bool), returned as a float."""
     number = _number(name, value)
@@ -489,6 +495,23 @@ def check_wiou_momentum(momentum: float | None) -> None:
 # --------------------------------------------------------------------------------------------
 # the generalized focal family (QFL, VFL, DFL, ASL, Poly-1)
 # --------------------------------------------------------------------------------------------
+
+
+def check_varifocal(alpha: float, gamma: float, iou_weighted: bool) -> None:
+    """VFL's negatives' weight and exponent (>= 0) and its ``iou_weighted`` flag."""
+    check_nonnegative("alpha", alpha)
+    check_nonnegative("gamma", gamma)
+    check_flag("iou_weighted", iou_weighted)
+
+
+def check_poly1_focal(epsilon: float, gamma: float) -> tuple[float, float]:
+    """Poly-1 focal loss's ``epsilon`` (any finite number) and ``gamma`` (a number >= 0: no
+    ``"flsd53"``, no tensor), returned as floats."""
+    epsilon = check_number("epsilon", epsilon)
+    gamma_value = check_gamma(gamma)
+    if not isinstance(gamma_value, float):
+        raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
+    return epsilon, gamma_value
 
 
 def check_poly_epsilon(epsilon: float) -> float:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .._checks import (
     check_clip,
+    check_flag,
     check_floating,
     check_nonnegative,
     check_nonnegative_weight,
@@ -115,8 +116,7 @@ def asymmetric_loss(
     check_nonnegative("gamma_pos", gamma_pos)
     check_nonnegative("gamma_neg", gamma_neg)
     clip = check_clip(clip)
-    if not isinstance(detach_focusing, bool):
-        raise TypeError(f"detach_focusing: expected True or False, got {detach_focusing!r}")
+    check_flag("detach_focusing", detach_focusing)
     parsed = parse_sigmoid_targets(logits, targets, ignore_index, validate)
     check_nonnegative_weight(
         weight, logits.shape, validate is True or (validate is None and may_read_values(weight))

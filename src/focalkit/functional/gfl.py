@@ -40,6 +40,7 @@ from .._checks import (
     check_reduction,
     check_scores,
     check_tensor,
+    check_varifocal,
 )
 from .._compat import compute_dtype, may_read_values, output_dtype
 from .._reduce import finish, reduction_scale
@@ -242,10 +243,7 @@ def varifocal_loss(
     """
     check_reduction(reduction)
     check_normalizer(normalizer, reduction)
-    check_nonnegative("alpha", alpha)
-    check_nonnegative("gamma", gamma)
-    if not isinstance(iou_weighted, bool):
-        raise TypeError(f"iou_weighted: expected True or False, got {iou_weighted!r}")
+    check_varifocal(alpha, gamma, iou_weighted)
     parsed = _parse_iou_aware(logits, targets, scores, ignore_index, weight, validate)
     cdtype = compute_dtype(logits)
     alpha_neg = torch.full((), float(alpha), dtype=cdtype, device=logits.device)

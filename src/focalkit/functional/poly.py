@@ -19,11 +19,10 @@ from torch import Tensor
 from .._checks import (
     check_class_weight,
     check_floating,
-    check_gamma,
     check_label_smoothing,
     check_nonnegative_weight,
     check_normalizer,
-    check_number,
+    check_poly1_focal,
     check_poly_epsilon,
     check_reduction,
     check_tensor,
@@ -188,10 +187,7 @@ def poly1_focal_loss(
     check_tensor("targets", targets)
     check_reduction(reduction)
     check_normalizer(normalizer, reduction)
-    epsilon = check_number("epsilon", epsilon)
-    gamma_value = check_gamma(gamma)
-    if not isinstance(gamma_value, float):
-        raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
+    epsilon, gamma_value = check_poly1_focal(epsilon, gamma)
     parsed = parse_sigmoid_targets(logits, targets, ignore_index, validate)
     read = validate is True or (validate is None and may_read_values(logits))
     alpha_pos = alpha_tensor(alpha, parsed.num_classes, logits, check_values=read)

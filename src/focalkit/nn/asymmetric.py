@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._checks import check_clip, check_nonnegative
+from .._checks import check_clip, check_flag, check_nonnegative
 from ..functional.asymmetric import asymmetric_loss
 from ._base import LossModule
 
@@ -51,8 +51,7 @@ class AsymmetricLoss(LossModule):
         )
         check_nonnegative("gamma_pos", gamma_pos)
         check_nonnegative("gamma_neg", gamma_neg)
-        if not isinstance(detach_focusing, bool):
-            raise TypeError(f"detach_focusing: expected True or False, got {detach_focusing!r}")
+        check_flag("detach_focusing", detach_focusing)
         self.gamma_pos = float(gamma_pos)
         self.gamma_neg = float(gamma_neg)
         self.clip = check_clip(clip)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._checks import check_nonnegative
+from .._checks import check_nonnegative, check_varifocal
 from ..functional.gfl import distribution_focal_loss, quality_focal_loss, varifocal_loss
 from ._base import LossModule
 
@@ -110,10 +110,7 @@ class VarifocalLoss(LossModule):
             normalizer=normalizer,
             backend=backend,
         )
-        check_nonnegative("alpha", alpha)
-        check_nonnegative("gamma", gamma)
-        if not isinstance(iou_weighted, bool):
-            raise TypeError(f"iou_weighted: expected True or False, got {iou_weighted!r}")
+        check_varifocal(alpha, gamma, iou_weighted)
         self.alpha = float(alpha)
         self.gamma = float(gamma)
         self.iou_weighted = iou_weighted

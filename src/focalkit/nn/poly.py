@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._checks import check_gamma, check_label_smoothing, check_number, check_poly_epsilon
+from .._checks import check_label_smoothing, check_poly1_focal, check_poly_epsilon
 from ..functional.focal import Alpha
 from ..functional.poly import poly1_cross_entropy, poly1_focal_loss
 from ._base import LossModule
@@ -98,11 +98,7 @@ class Poly1FocalLoss(LossModule):
             normalizer=normalizer,
             backend=backend,
         )
-        self.epsilon = check_number("epsilon", epsilon)
-        gamma_value = check_gamma(gamma)
-        if not isinstance(gamma_value, float):
-            raise ValueError(f"gamma: expected a number >= 0, got {gamma!r}")
-        self.gamma = gamma_value
+        self.epsilon, self.gamma = check_poly1_focal(epsilon, gamma)
         self.store("alpha", alpha)
         self.ignore_index = ignore_index
         self.validate = validate
