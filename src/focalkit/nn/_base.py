@@ -7,11 +7,15 @@
   ``torch.nn.CrossEntropyLoss``.
 * ``weight`` and ``normalizer`` given to the constructor are defaults: ``forward(...,
   weight=..., normalizer=...)`` overrides them for one call.
+* ``forward`` passes the keywords the Module keeps to its function with
+  :meth:`LossModule.call_keywords` (extended by :class:`LabelLossModule` and the box losses'
+  base with what they keep too), next to the loss's own hyperparameters written out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +23,7 @@ from torch import Tensor, nn
 from .._checks import check_normalizer, check_reduction, check_tensor
 from ..kernels.dispatch import check_backend
 
-__all__ = ["LossModule"]
+__all__ = ["LabelLossModule", "LossModule"]
 
 
 class LossModule(nn.Module):
@@ -64,3 +68,47 @@ class LossModule(nn.Module):
 
     def call_normalizer(self, normalizer: float | Tensor | None) -> float | Tensor | None:
         return self.normalizer if normalizer is None else normalizer
+
+    def call_keywords(
+        self, weight: Tensor | None, normalizer: float | Tensor | None
+    ) -> dict[str, Any]:
+        """The keywords of one call kept here: this call's ``weight`` and ``normalizer`` (else
+        the constructor's), ``reduction`` and ``backend``."""
+        return {
+            "weight": self.call_weight(weight),
+            "reduction": self.reduction,
+            "normalizer": self.call_normalizer(normalizer),
+            "backend": self.backend,
+        }
+
+
+class LabelLossModule(LossModule):
+    """A classification loss with ``ignore_index`` and ``validate`` (sigmoid and softmax focal
+    loss, QFL, VFL, ASL, Poly-1 focal): keeps them too, and :meth:`call_keywords` passes them
+    on."""
+
+    def __init__(
+        self,
+        *,
+        loss: str,
+        weight: Tensor | None,
+        ignore_index: int | None,
+        reduction: str,
+        normalizer: float | Tensor | None,
+        validate: bool | None,
+        backend: str,
+    ) -> None:
+        super().__init__(
+            loss=loss, weight=weight, reduction=reduction, normalizer=normalizer, backend=backend
+        )
+        self.ignore_index = ignore_index
+        self.validate = validate
+
+    def call_keywords(
+        self, weight: Tensor | None, normalizer: float | Tensor | None
+    ) -> dict[str, Any]:
+        return {
+            **super().call_keywords(weight, normalizer),
+            "ignore_index": self.ignore_index,
+            "validate": self.validate,
+        }

@@ -7,12 +7,12 @@ from torch import Tensor
 
 from .._checks import check_clip, check_flag, check_nonnegative
 from ..functional.asymmetric import asymmetric_loss
-from ._base import LossModule
+from ._base import LabelLossModule
 
 __all__ = ["AsymmetricLoss"]
 
 
-class AsymmetricLoss(LossModule):
+class AsymmetricLoss(LabelLossModule):
     """Module form of :func:`focalkit.asymmetric_loss` (same keywords and defaults).
 
     ``forward(logits, targets, *, weight=None, normalizer=None)``; ``weight`` and
@@ -45,8 +45,10 @@ class AsymmetricLoss(LossModule):
         super().__init__(
             loss="asymmetric_loss",
             weight=weight,
+            ignore_index=ignore_index,
             reduction=reduction,
             normalizer=normalizer,
+            validate=validate,
             backend=backend,
         )
         check_nonnegative("gamma_pos", gamma_pos)
@@ -56,8 +58,6 @@ class AsymmetricLoss(LossModule):
         self.gamma_neg = float(gamma_neg)
         self.clip = check_clip(clip)
         self.detach_focusing = detach_focusing
-        self.ignore_index = ignore_index
-        self.validate = validate
 
     def forward(
         self,
@@ -74,12 +74,7 @@ class AsymmetricLoss(LossModule):
             gamma_neg=self.gamma_neg,
             clip=self.clip,
             detach_focusing=self.detach_focusing,
-            weight=self.call_weight(weight),
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            normalizer=self.call_normalizer(normalizer),
-            validate=self.validate,
-            backend=self.backend,
+            **self.call_keywords(weight, normalizer),
         )
 
     def extra_repr(self) -> str:

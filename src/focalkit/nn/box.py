@@ -49,7 +49,7 @@ __all__ = [
 
 class _BoxLoss(LossModule):
     """Stores the keywords every IoU-family loss shares (Inner-IoU's ``inner_ratio`` and
-    Focaler-IoU's ``focaler`` included); ``_common`` passes them on."""
+    Focaler-IoU's ``focaler`` included); ``call_keywords`` passes them on."""
 
     def __init__(
         self,
@@ -79,17 +79,16 @@ class _BoxLoss(LossModule):
         self.eps = eps
         self.validate = validate
 
-    def _common(self, weight: Tensor | None, normalizer: float | Tensor | None) -> dict[str, Any]:
+    def call_keywords(
+        self, weight: Tensor | None, normalizer: float | Tensor | None
+    ) -> dict[str, Any]:
         return {
             "inner_ratio": self.inner_ratio,
             "focaler": self.focaler,
             "box_format": self.box_format,
             "eps": self.eps,
-            "weight": self.call_weight(weight),
-            "reduction": self.reduction,
-            "normalizer": self.call_normalizer(normalizer),
             "validate": self.validate,
-            "backend": self.backend,
+            **super().call_keywords(weight, normalizer),
         }
 
     def extra_repr(self) -> str:
@@ -164,7 +163,7 @@ class IoULoss(_BoxLoss):
             target_boxes,
             mode=self.mode,
             power=self.power,
-            **self._common(weight, normalizer),
+            **self.call_keywords(weight, normalizer),
         )
 
     def extra_repr(self) -> str:
@@ -219,7 +218,7 @@ class GIoULoss(_BoxLoss):
             pred_boxes,
             target_boxes,
             power=self.power,
-            **self._common(weight, normalizer),
+            **self.call_keywords(weight, normalizer),
         )
 
 
@@ -271,7 +270,7 @@ class DIoULoss(_BoxLoss):
             pred_boxes,
             target_boxes,
             power=self.power,
-            **self._common(weight, normalizer),
+            **self.call_keywords(weight, normalizer),
         )
 
 
@@ -330,7 +329,7 @@ class CIoULoss(_BoxLoss):
             target_boxes,
             aspect_gate=self.aspect_gate,
             power=self.power,
-            **self._common(weight, normalizer),
+            **self.call_keywords(weight, normalizer),
         )
 
     def extra_repr(self) -> str:
@@ -383,7 +382,7 @@ class EIoULoss(_BoxLoss):
         return eiou_loss(
             pred_boxes,
             target_boxes,
-            **self._common(weight, normalizer),
+            **self.call_keywords(weight, normalizer),
         )
 
 
@@ -436,7 +435,7 @@ class FocalEIoULoss(_BoxLoss):
             pred_boxes,
             target_boxes,
             gamma=self.gamma,
-            **self._common(weight, normalizer),
+            **self.call_keywords(weight, normalizer),
         )
 
     def extra_repr(self) -> str:

@@ -15,14 +15,14 @@ from .._checks import (
 )
 from ..functional._targets import parse_sigmoid_targets
 from ..functional.focal import Alpha, Gamma, sigmoid_focal_loss, softmax_focal_loss
-from ._base import LossModule
+from ._base import LabelLossModule
 
 __all__ = ["SigmoidFocalLoss", "SoftmaxFocalLoss"]
 
 _P_HAT_MIN = 1e-6
 
 
-class _FocalLossBase(LossModule):
+class _FocalLossBase(LabelLossModule):
     """Shared state for ``gamma="auto"`` (Weber et al., arXiv 1904.09048):
     ``gamma = -log(p_hat)``, ``p_hat`` an EMA of the batch-mean probability of the correct
     class, updated in training mode only and used as a constant in backward."""
@@ -34,17 +34,26 @@ class _FocalLossBase(LossModule):
 
     def __init__(
         self,
+        *,
         loss: str,
         gamma: Gamma,
         alpha: Alpha,
         auto_momentum: float,
         weight: Tensor | None,
+        ignore_index: int | None,
         reduction: str,
         normalizer: float | Tensor | None,
+        validate: bool | None,
         backend: str,
     ) -> None:
         super().__init__(
-            loss=loss, weight=weight, reduction=reduction, normalizer=normalizer, backend=backend
+            loss=loss,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            normalizer=normalizer,
+            validate=validate,
+            backend=backend,
         )
         self.auto = gamma == "auto"
         # a tensor gamma is a buffer (it follows .to()); "auto" keeps its estimate in p_hat
@@ -117,14 +126,16 @@ class SigmoidFocalLoss(_FocalLossBase):
         backend: str = "auto",
     ) -> None:
         super().__init__(
-            "sigmoid_focal_loss",
-            gamma,
-            alpha,
-            auto_momentum,
-            weight,
-            reduction,
-            normalizer,
-            backend,
+            loss="sigmoid_focal_loss",
+            gamma=gamma,
+            alpha=alpha,
+            auto_momentum=auto_momentum,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            normalizer=normalizer,
+            validate=validate,
+            backend=backend,
         )
         if isinstance(pos_weight, Tensor):  # a buffer in the state_dict, as in BCEWithLogitsLoss
             check_floating("pos_weight", pos_weight)
@@ -133,8 +144,6 @@ class SigmoidFocalLoss(_FocalLossBase):
             if pos_weight is not None:
                 check_nonnegative("pos_weight", pos_weight)
             self.pos_weight = pos_weight
-        self.ignore_index = ignore_index
-        self.validate = validate
 
     def _p_correct(self, logits: Tensor, targets: Tensor) -> Tensor:
         parsed = parse_sigmoid_targets(logits, targets, self.ignore_index, False)
@@ -157,13 +166,8 @@ class SigmoidFocalLoss(_FocalLossBase):
             targets,
             alpha=self.alpha,
             gamma=gamma,
-            weight=self.call_weight(weight),
             pos_weight=self.pos_weight,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            normalizer=self.call_normalizer(normalizer),
-            validate=self.validate,
-            backend=self.backend,
+            **self.call_keywords(weight, normalizer),
         )
 
 
@@ -182,6 +186,8 @@ class SoftmaxFocalLoss(_FocalLossBase):
         tensor(0.8655)
     """
 
+    ignore_index: int  # class indices only, as F.cross_entropy (never None)
+
     def __init__(
         self,
         *,
@@ -197,18 +203,18 @@ class SoftmaxFocalLoss(_FocalLossBase):
         backend: str = "auto",
     ) -> None:
         super().__init__(
-            "softmax_focal_loss",
-            gamma,
-            alpha,
-            auto_momentum,
-            weight,
-            reduction,
-            normalizer,
-            backend,
+            loss="softmax_focal_loss",
+            gamma=gamma,
+            alpha=alpha,
+            auto_momentum=auto_momentum,
+            weight=weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            normalizer=normalizer,
+            validate=validate,
+            backend=backend,
         )
-        self.ignore_index = ignore_index
         self.label_smoothing = check_label_smoothing(label_smoothing)
-        self.validate = validate
 
     def _p_correct(self, logits: Tensor, targets: Tensor) -> Tensor:
         probs = torch.softmax(logits.detach().float(), dim=1 if logits.dim() > 1 else 0)
@@ -236,11 +242,6 @@ class SoftmaxFocalLoss(_FocalLossBase):
             targets,
             alpha=self.alpha,
             gamma=gamma,
-            weight=self.call_weight(weight),
-            ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
-            reduction=self.reduction,
-            normalizer=self.call_normalizer(normalizer),
-            validate=self.validate,
-            backend=self.backend,
+            **self.call_keywords(weight, normalizer),
         )

@@ -7,12 +7,12 @@ from torch import Tensor
 
 from .._checks import check_nonnegative, check_varifocal
 from ..functional.gfl import distribution_focal_loss, quality_focal_loss, varifocal_loss
-from ._base import LossModule
+from ._base import LabelLossModule, LossModule
 
 __all__ = ["DistributionFocalLoss", "QualityFocalLoss", "VarifocalLoss"]
 
 
-class QualityFocalLoss(LossModule):
+class QualityFocalLoss(LabelLossModule):
     """Module form of :func:`focalkit.quality_focal_loss` (same keywords and defaults).
 
     ``forward(logits, targets, scores=None, *, weight=None, normalizer=None)``: ``weight``
@@ -41,14 +41,14 @@ class QualityFocalLoss(LossModule):
         super().__init__(
             loss="quality_focal_loss",
             weight=weight,
+            ignore_index=ignore_index,
             reduction=reduction,
             normalizer=normalizer,
+            validate=validate,
             backend=backend,
         )
         check_nonnegative("beta", beta)
         self.beta = float(beta)
-        self.ignore_index = ignore_index
-        self.validate = validate
 
     def forward(
         self,
@@ -60,23 +60,14 @@ class QualityFocalLoss(LossModule):
         normalizer: float | Tensor | None = None,
     ) -> Tensor:
         return quality_focal_loss(
-            logits,
-            targets,
-            scores,
-            beta=self.beta,
-            weight=self.call_weight(weight),
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            normalizer=self.call_normalizer(normalizer),
-            validate=self.validate,
-            backend=self.backend,
+            logits, targets, scores, beta=self.beta, **self.call_keywords(weight, normalizer)
         )
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, reduction={self.reduction!r}"
 
 
-class VarifocalLoss(LossModule):
+class VarifocalLoss(LabelLossModule):
     """Module form of :func:`focalkit.varifocal_loss` (same keywords and defaults).
 
     ``forward(logits, targets, scores=None, *, weight=None, normalizer=None)``, as
@@ -106,16 +97,16 @@ class VarifocalLoss(LossModule):
         super().__init__(
             loss="varifocal_loss",
             weight=weight,
+            ignore_index=ignore_index,
             reduction=reduction,
             normalizer=normalizer,
+            validate=validate,
             backend=backend,
         )
         check_varifocal(alpha, gamma, iou_weighted)
         self.alpha = float(alpha)
         self.gamma = float(gamma)
         self.iou_weighted = iou_weighted
-        self.ignore_index = ignore_index
-        self.validate = validate
 
     def forward(
         self,
@@ -133,12 +124,7 @@ class VarifocalLoss(LossModule):
             alpha=self.alpha,
             gamma=self.gamma,
             iou_weighted=self.iou_weighted,
-            weight=self.call_weight(weight),
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            normalizer=self.call_normalizer(normalizer),
-            validate=self.validate,
-            backend=self.backend,
+            **self.call_keywords(weight, normalizer),
         )
 
     def extra_repr(self) -> str:
@@ -188,13 +174,7 @@ class DistributionFocalLoss(LossModule):
         normalizer: float | Tensor | None = None,
     ) -> Tensor:
         return distribution_focal_loss(
-            pred,
-            targets,
-            weight=self.call_weight(weight),
-            reduction=self.reduction,
-            normalizer=self.call_normalizer(normalizer),
-            validate=self.validate,
-            backend=self.backend,
+            pred, targets, validate=self.validate, **self.call_keywords(weight, normalizer)
         )
 
     def extra_repr(self) -> str:

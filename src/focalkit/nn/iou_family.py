@@ -91,7 +91,7 @@ class SIoULoss(_BoxLoss):
             theta=self.theta,
             paper_sign=self.paper_sign,
             clamp=self.clamp,
-            **self._common(weight, normalizer),
+            **self.call_keywords(weight, normalizer),
         )
 
     def extra_repr(self) -> str:
@@ -158,7 +158,7 @@ class MPDIoULoss(_BoxLoss):
             pred_boxes,
             target_boxes,
             image_size=self.image_size,
-            **self._common(weight, normalizer),
+            **self.call_keywords(weight, normalizer),
         )
 
     def extra_repr(self) -> str:
@@ -214,7 +214,7 @@ class ShapeIoULoss(_BoxLoss):
         normalizer: float | Tensor | None = None,
     ) -> Tensor:
         return shape_iou_loss(
-            pred_boxes, target_boxes, scale=self.scale, **self._common(weight, normalizer)
+            pred_boxes, target_boxes, scale=self.scale, **self.call_keywords(weight, normalizer)
         )
 
     def extra_repr(self) -> str:
@@ -329,7 +329,7 @@ class WIoULoss(_BoxLoss):
             momentum=self.momentum,
             update=self.training,
             sync=self.sync,
-            **self._common(weight, normalizer),
+            **self.call_keywords(weight, normalizer),
         )
 
     def extra_repr(self) -> str:

@@ -8,7 +8,7 @@ from torch import Tensor
 from .._checks import check_label_smoothing, check_poly1_focal, check_poly_epsilon
 from ..functional.focal import Alpha
 from ..functional.poly import poly1_cross_entropy, poly1_focal_loss
-from ._base import LossModule
+from ._base import LabelLossModule, LossModule
 
 __all__ = ["Poly1CrossEntropyLoss", "Poly1FocalLoss"]
 
@@ -64,7 +64,7 @@ class Poly1CrossEntropyLoss(LossModule):
         )
 
 
-class Poly1FocalLoss(LossModule):
+class Poly1FocalLoss(LabelLossModule):
     """Module form of :func:`focalkit.poly1_focal_loss` (same keywords and defaults; a
     per-class ``alpha`` is a buffer). ``forward(logits, targets, *, weight=None,
     normalizer=None)`` overrides the constructor's ``weight`` and ``normalizer`` for one call.
@@ -94,14 +94,14 @@ class Poly1FocalLoss(LossModule):
         super().__init__(
             loss="poly1_focal_loss",
             weight=weight,
+            ignore_index=ignore_index,
             reduction=reduction,
             normalizer=normalizer,
+            validate=validate,
             backend=backend,
         )
         self.epsilon, self.gamma = check_poly1_focal(epsilon, gamma)
         self.store("alpha", alpha)
-        self.ignore_index = ignore_index
-        self.validate = validate
 
     def forward(
         self,
@@ -117,12 +117,7 @@ class Poly1FocalLoss(LossModule):
             epsilon=self.epsilon,
             alpha=self.alpha,
             gamma=self.gamma,
-            weight=self.call_weight(weight),
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            normalizer=self.call_normalizer(normalizer),
-            validate=self.validate,
-            backend=self.backend,
+            **self.call_keywords(weight, normalizer),
         )
 
     def extra_repr(self) -> str:
