@@ -8,7 +8,10 @@ calls the callable with the keywords it owns (``weight``, ``reduction``, ...) pl
 options. The options a name accepts are *not* listed by hand: they are the keyword parameters
 of the focalkit callable (a function, or a Module's constructor) less the ones the
 integration sets itself, so an option that does not belong to the chosen loss raises, and a
-new keyword of a focalkit loss is accepted as soon as the loss has it.
+new keyword of a focalkit loss is accepted as soon as the loss has it. What the stacks
+compute alike is written here once: the IoU family's box entries (:func:`iou_family_specs`),
+and the keywords a classification or box loss leaves to the stack (:func:`label_spec`,
+:func:`box_spec`).
 
 A name whose focalkit callable is not in the installed focalkit (a loss from a newer release)
 is still listed; choosing it raises :class:`LossUnavailableError`, which says where it comes
@@ -29,13 +32,20 @@ __all__ = [
     "LossSpec",
     "LossUnavailableError",
     "accepted_options",
+    "box_spec",
     "build",
+    "check_normalization",
     "describe",
+    "iou_family_specs",
+    "label_spec",
     "require_stack",
     "split_options",
 ]
 
 NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
+
+GFL_BRANCH = "the generalized-focal branch (after focalkit 0.1.0)"
+IOU_BRANCH = "the iou-family branch (after focalkit 0.1.0)"
 
 
 class LossUnavailableError(ImportError):
@@ -97,6 +107,113 @@ class LossSpec:
         if self.func is not None:
             return self.summary
         return f"focalkit.{self.attr}"
+
+
+# the keywords a stack passes to a classification loss (``owned``: not user options) and those
+# it needs at call time; likewise for a box loss
+CLS_OWNED = frozenset({"weight", "reduction", "normalizer", "ignore_index"})
+CLS_CALL = frozenset({"weight", "reduction"})
+BOX_OWNED = frozenset({"weight", "reduction", "normalizer", "box_format"})
+BOX_CALL = frozenset({"weight", "reduction"})
+#: "bce": sigmoid focal loss with these fixed
+BCE_FIXED: Mapping[str, Any] = MappingProxyType({"gamma": 0.0, "alpha": None})
+
+
+def label_spec(
+    name: str,
+    attr: str,
+    targets: str,
+    summary: str,
+    provides: str = "focalkit",
+    *,
+    scores: bool = False,
+    **kw: Any,
+) -> LossSpec:
+    """A classification loss function of the sigmoid family (focal, BCE, QFL, VFL, Poly-1
+    focal): the stack passes ``weight`` and ``reduction`` (and owns ``normalizer`` and
+    ``ignore_index``), plus ``scores=`` (the IoU-aware targets) with ``scores``."""
+    extra = frozenset({"scores"}) if scores else frozenset()
+    return LossSpec(
+        name,
+        attr,
+        targets,
+        summary,
+        owned=CLS_OWNED | extra,
+        call_needs=CLS_CALL | extra,
+        provides=provides,
+        **kw,
+    )
+
+
+def box_spec(name: str, attr: str, summary: str, provides: str = "focalkit", **kw: Any) -> LossSpec:
+    """A box loss: targets "boxes", owning and passing :data:`BOX_OWNED` / :data:`BOX_CALL`
+    unless ``kw`` says otherwise."""
+    return LossSpec(
+        name,
+        attr,
+        kw.pop("targets", "boxes"),
+        summary,
+        owned=kw.pop("owned", BOX_OWNED),
+        call_needs=kw.pop("call_needs", BOX_CALL),
+        provides=provides,
+        **kw,
+    )
+
+
+def iou_family_specs(summaries: Mapping[str, str] = NO_OPTIONS) -> dict[str, LossSpec]:
+    """The IoU family's box losses, as every stack computes them (decoded boxes against the
+    ground truth; Wise-IoU as a Module, its running mean kept in the model; MPDIoU with
+    ``image_size=``). ``summaries``: a stack's own wording of a name's summary."""
+    said = {
+        "iou": "IoU loss (1 - IoU, or -log IoU with mode='log')",
+        "giou": "GIoU loss",
+        "diou": "DIoU loss",
+        "ciou": "CIoU loss",
+        "eiou": "EIoU loss (Efficient IoU)",
+        "focal_eiou": "Focal-EIoU loss",
+        "siou": "SIoU loss",
+        "wiou": "Wise-IoU (a Module: its running mean is in the model's state_dict)",
+        "mpdiou": "MPDIoU loss",
+        "shape_iou": "Shape-IoU loss",
+        **summaries,
+    }
+    return {
+        "iou": box_spec("iou", "iou_loss", said["iou"]),
+        "giou": box_spec("giou", "giou_loss", said["giou"]),
+        "diou": box_spec("diou", "diou_loss", said["diou"]),
+        "ciou": box_spec("ciou", "ciou_loss", said["ciou"]),
+        "eiou": box_spec("eiou", "eiou_loss", said["eiou"]),
+        "focal_eiou": box_spec("focal_eiou", "focal_eiou_loss", said["focal_eiou"]),
+        "siou": box_spec("siou", "siou_loss", said["siou"], IOU_BRANCH),
+        "wiou": box_spec(
+            "wiou",
+            "WIoULoss",
+            said["wiou"],
+            IOU_BRANCH,
+            fixed=MappingProxyType({"reduction": "sum"}),
+            owned=frozenset({"weight", "normalizer", "box_format"}),
+            call_needs=frozenset({"weight"}),
+            module=True,
+        ),
+        "mpdiou": box_spec(
+            "mpdiou",
+            "mpdiou_loss",
+            said["mpdiou"],
+            IOU_BRANCH,
+            targets="boxes+size",
+            owned=BOX_OWNED | {"image_size"},
+            call_needs=BOX_CALL | {"image_size"},
+        ),
+        "shape_iou": box_spec("shape_iou", "shape_iou_loss", said["shape_iou"], IOU_BRANCH),
+    }
+
+
+def check_normalization(normalization: object, choices: tuple[str, ...]) -> None:
+    """ValueError unless ``normalization`` is one of the stack's ``choices``."""
+    if normalization not in choices:
+        raise ValueError(
+            f"normalization: expected one of {', '.join(map(repr, choices))}, got {normalization!r}"
+        )
 
 
 def _keyword_parameters(obj: Any, skip: int) -> list[inspect.Parameter]:

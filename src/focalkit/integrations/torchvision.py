@@ -41,10 +41,16 @@ import focalkit
 
 from ..distributed import reduce_mean
 from ._table import (
+    BCE_FIXED,
+    GFL_BRANCH,
     LossSpec,
+    box_spec,
     build,
+    check_normalization,
     describe,
     instantiate,
+    iou_family_specs,
+    label_spec,
     require_stack,
     split_options,
 )
@@ -61,8 +67,6 @@ __all__ = [
 ]
 
 NORMALIZATIONS = ("model", "batch", "reduce_mean")
-GFL_BRANCH = "the generalized-focal branch (after focalkit 0.1.0)"
-IOU_BRANCH = "the iou-family branch (after focalkit 0.1.0)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,33 +107,24 @@ def _reduce(loss: Tensor, weight: Tensor | None, reduction: str) -> Tensor:
     return loss
 
 
-_CLS = frozenset({"weight", "reduction", "normalizer", "ignore_index"})
-_CLS_CALL = frozenset({"weight", "reduction"})
-_BOX = frozenset({"weight", "reduction", "normalizer", "box_format"})
-_BOX_CALL = frozenset({"weight", "reduction"})
-
 #: classification name -> how it is computed. ``targets``: "index" (class indices, C =
 #: background, per-anchor weights), "index+iou" (the same plus ``scores=``: the IoU of each
 #: positive anchor's decoded box with its ground truth, detached, as in GFL/VarifocalNet),
 #: "ghm" (GHMCLoss on class indices, ignored anchors at -100, its own mean).
 CLASSIFICATION_LOSSES: Mapping[str, LossSpec] = MappingProxyType(
     {
-        "focal": LossSpec(
+        "focal": label_spec(
             "focal",
             "sigmoid_focal_loss",
             "index",
             "sigmoid focal loss (alpha 0.25, gamma 2 by default)",
-            owned=_CLS,
-            call_needs=_CLS_CALL,
         ),
-        "bce": LossSpec(
+        "bce": label_spec(
             "bce",
             "sigmoid_focal_loss",
             "index",
             "binary cross-entropy (focal with gamma 0, no alpha)",
-            fixed=MappingProxyType({"gamma": 0.0, "alpha": None}),
-            owned=_CLS,
-            call_needs=_CLS_CALL,
+            fixed=BCE_FIXED,
         ),
         "ghmc": LossSpec(
             "ghmc",
@@ -140,48 +135,31 @@ CLASSIFICATION_LOSSES: Mapping[str, LossSpec] = MappingProxyType(
             owned=frozenset({"weight", "normalizer"}),
             module=True,
         ),
-        "qfl": LossSpec(
+        "qfl": label_spec(
             "qfl",
             "quality_focal_loss",
             "index+iou",
             "quality focal loss (GFL), IoU of the decoded box as the positive's score",
-            owned=_CLS | {"scores"},
-            call_needs=_CLS_CALL | {"scores"},
-            provides=GFL_BRANCH,
+            GFL_BRANCH,
+            scores=True,
         ),
-        "vfl": LossSpec(
+        "vfl": label_spec(
             "vfl",
             "varifocal_loss",
             "index+iou",
             "varifocal loss (VarifocalNet), IoU of the decoded box as the positive's score",
-            owned=_CLS | {"scores"},
-            call_needs=_CLS_CALL | {"scores"},
-            provides=GFL_BRANCH,
+            GFL_BRANCH,
+            scores=True,
         ),
-        "poly1_focal": LossSpec(
+        "poly1_focal": label_spec(
             "poly1_focal",
             "poly1_focal_loss",
             "index",
             "Poly-1 focal loss (PolyLoss)",
-            owned=_CLS,
-            call_needs=_CLS_CALL,
-            provides=GFL_BRANCH,
+            GFL_BRANCH,
         ),
     }
 )
-
-
-def _box(name: str, attr: str, summary: str, provides: str = "focalkit", **kw: Any) -> LossSpec:
-    return LossSpec(
-        name,
-        attr,
-        kw.pop("targets", "boxes"),
-        summary,
-        owned=kw.pop("owned", _BOX),
-        call_needs=kw.pop("call_needs", _BOX_CALL),
-        provides=provides,
-        **kw,
-    )
 
 
 #: box name -> how it is computed. ``targets``: "deltas" (the head's encoded offsets against
@@ -190,48 +168,24 @@ def _box(name: str, attr: str, summary: str, provides: str = "focalkit", **kw: A
 #: ``image_size=``: each image's (H, W) after the model's transform).
 BOX_LOSSES: Mapping[str, LossSpec] = MappingProxyType(
     {
-        "l1": _box("l1", "", "L1 on the encoded deltas (torch)", targets="deltas", func=l1_loss),
-        "smooth_l1": _box(
+        "l1": box_spec(
+            "l1", "", "L1 on the encoded deltas (torch)", targets="deltas", func=l1_loss
+        ),
+        "smooth_l1": box_spec(
             "smooth_l1",
             "",
             "smooth L1 on the encoded deltas (torch)",
             targets="deltas",
             func=smooth_l1_loss,
         ),
-        "focal_l1": _box(
+        "focal_l1": box_spec(
             "focal_l1",
             "focal_l1_loss",
             "FocalL1 on the encoded deltas",
             targets="deltas",
             owned=frozenset({"weight", "reduction", "normalizer"}),
         ),
-        "iou": _box("iou", "iou_loss", "IoU loss (1 - IoU, or -log IoU with mode='log')"),
-        "giou": _box("giou", "giou_loss", "GIoU loss"),
-        "diou": _box("diou", "diou_loss", "DIoU loss"),
-        "ciou": _box("ciou", "ciou_loss", "CIoU loss"),
-        "eiou": _box("eiou", "eiou_loss", "EIoU loss (Efficient IoU)"),
-        "focal_eiou": _box("focal_eiou", "focal_eiou_loss", "Focal-EIoU loss"),
-        "siou": _box("siou", "siou_loss", "SIoU loss", IOU_BRANCH),
-        "wiou": _box(
-            "wiou",
-            "WIoULoss",
-            "Wise-IoU (a Module: its running mean is in the model's state_dict)",
-            IOU_BRANCH,
-            fixed=MappingProxyType({"reduction": "sum"}),
-            owned=frozenset({"weight", "normalizer", "box_format"}),
-            call_needs=frozenset({"weight"}),
-            module=True,
-        ),
-        "mpdiou": _box(
-            "mpdiou",
-            "mpdiou_loss",
-            "MPDIoU loss (image size from the model's transform)",
-            IOU_BRANCH,
-            targets="boxes+size",
-            owned=_BOX | {"image_size"},
-            call_needs=_BOX_CALL | {"image_size"},
-        ),
-        "shape_iou": _box("shape_iou", "shape_iou_loss", "Shape-IoU loss", IOU_BRANCH),
+        **iou_family_specs({"mpdiou": "MPDIoU loss (image size from the model's transform)"}),
     }
 )
 
@@ -632,11 +586,7 @@ def set_losses(
     """
     model = _unwrap(model)
     kind = _model_kind(model)
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"normalization: expected one of {', '.join(map(repr, NORMALIZATIONS))}, "
-            f"got {normalization!r}"
-        )
+    check_normalization(normalization, NORMALIZATIONS)
     cls_spec = build("classification", classification, CLASSIFICATION_LOSSES)
     box_spec = build("box", _model_box(model, kind) if box is None else box, BOX_LOSSES)
     routed = split_options(

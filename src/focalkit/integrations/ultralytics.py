@@ -44,7 +44,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..distributed import reduce_mean
-from ._table import LossSpec, build, describe, instantiate, require_stack, split_options
+from ._table import (
+    BCE_FIXED,
+    GFL_BRANCH,
+    LossSpec,
+    build,
+    check_normalization,
+    describe,
+    instantiate,
+    iou_family_specs,
+    label_spec,
+    require_stack,
+    split_options,
+)
 
 __all__ = [
     "BOX_LOSSES",
@@ -59,8 +71,6 @@ __all__ = [
 ]
 
 NORMALIZATIONS = ("model", "reduce_mean")
-GFL_BRANCH = "the generalized-focal branch (after focalkit 0.1.0)"
-IOU_BRANCH = "the iou-family branch (after focalkit 0.1.0)"
 WHAT = "focalkit.integrations.ultralytics"
 
 DetectionLoss: Any  # the class is built on first use: see __getattr__ below
@@ -69,109 +79,59 @@ DetectionLoss: Any  # the class is built on first use: see __getattr__ below
 # the loss tables
 # --------------------------------------------------------------------------------------------
 
-_CLS = frozenset({"weight", "reduction", "normalizer", "ignore_index"})
-_CLS_CALL = frozenset({"weight", "reduction"})
-
 #: classification name -> how it is computed ("dense": the assigner's target scores;
 #: "index+scores": class indices, nc = background, plus ``scores=``).
 CLASSIFICATION_LOSSES: Mapping[str, LossSpec] = MappingProxyType(
     {
-        "bce": LossSpec(
+        "bce": label_spec(
             "bce",
             "sigmoid_focal_loss",
             "dense",
             "binary cross-entropy against the target scores (Ultralytics' default)",
-            fixed=MappingProxyType({"gamma": 0.0, "alpha": None}),
-            owned=_CLS,
-            call_needs=_CLS_CALL,
+            fixed=BCE_FIXED,
         ),
-        "focal": LossSpec(
+        "focal": label_spec(
             "focal",
             "sigmoid_focal_loss",
             "dense",
             "sigmoid focal loss against the target scores (alpha 0.25, gamma 2 by default)",
-            owned=_CLS,
-            call_needs=_CLS_CALL,
         ),
-        "qfl": LossSpec(
+        "qfl": label_spec(
             "qfl",
             "quality_focal_loss",
             "index+scores",
             "quality focal loss (GFL), the target score as the positive's quality",
-            owned=_CLS | {"scores"},
-            call_needs=_CLS_CALL | {"scores"},
-            provides=GFL_BRANCH,
+            GFL_BRANCH,
+            scores=True,
         ),
-        "vfl": LossSpec(
+        "vfl": label_spec(
             "vfl",
             "varifocal_loss",
             "index+scores",
             "varifocal loss (VarifocalNet), the target score as the positive's IoU-aware target",
-            owned=_CLS | {"scores"},
-            call_needs=_CLS_CALL | {"scores"},
-            provides=GFL_BRANCH,
+            GFL_BRANCH,
+            scores=True,
         ),
-        "poly1_focal": LossSpec(
+        "poly1_focal": label_spec(
             "poly1_focal",
             "poly1_focal_loss",
             "dense",
             "Poly-1 focal loss (PolyLoss) against the target scores",
-            owned=_CLS,
-            call_needs=_CLS_CALL,
-            provides=GFL_BRANCH,
+            GFL_BRANCH,
         ),
     }
 )
 
-_BOX = frozenset({"weight", "reduction", "normalizer", "box_format"})
-_BOX_CALL = frozenset({"weight", "reduction"})
-
-
-def _box(name: str, attr: str, summary: str, provides: str = "focalkit", **kw: Any) -> LossSpec:
-    return LossSpec(
-        name,
-        attr,
-        kw.pop("targets", "boxes"),
-        summary,
-        owned=kw.pop("owned", _BOX),
-        call_needs=kw.pop("call_needs", _BOX_CALL),
-        provides=provides,
-        **kw,
-    )
-
-
 #: box name -> how it is computed ("boxes": xyxy boxes in grid units; "boxes+size": the same
 #: plus ``image_size=``, each anchor's image (H, W) in grid units).
 BOX_LOSSES: Mapping[str, LossSpec] = MappingProxyType(
-    {
-        "iou": _box("iou", "iou_loss", "IoU loss (1 - IoU, or -log IoU with mode='log')"),
-        "giou": _box("giou", "giou_loss", "GIoU loss"),
-        "diou": _box("diou", "diou_loss", "DIoU loss"),
-        "ciou": _box("ciou", "ciou_loss", "CIoU loss (Ultralytics' default)"),
-        "eiou": _box("eiou", "eiou_loss", "EIoU loss (Efficient IoU)"),
-        "focal_eiou": _box("focal_eiou", "focal_eiou_loss", "Focal-EIoU loss"),
-        "siou": _box("siou", "siou_loss", "SIoU loss", IOU_BRANCH),
-        "wiou": _box(
-            "wiou",
-            "WIoULoss",
-            "Wise-IoU (a Module: its running mean lives in the criterion)",
-            IOU_BRANCH,
-            fixed=MappingProxyType({"reduction": "sum"}),
-            owned=frozenset({"weight", "normalizer", "box_format"}),
-            call_needs=frozenset({"weight"}),
-            module=True,
-        ),
-        "mpdiou": _box(
-            "mpdiou",
-            "mpdiou_loss",
-            "MPDIoU loss (each anchor's image size in grid units)",
-            IOU_BRANCH,
-            targets="boxes+size",
-            owned=_BOX | {"image_size"},
-            call_needs=_BOX_CALL | {"image_size"},
-        ),
-        "shape_iou": _box("shape_iou", "shape_iou_loss", "Shape-IoU loss", IOU_BRANCH),
-    }
+    iou_family_specs(
+        {
+            "ciou": "CIoU loss (Ultralytics' default)",
+            "wiou": "Wise-IoU (a Module: its running mean lives in the criterion)",
+            "mpdiou": "MPDIoU loss (each anchor's image size in grid units)",
+        }
+    )
 )
 
 
@@ -354,11 +314,7 @@ def _detection_loss_class() -> type:
             **options: Any,
         ) -> None:
             model = _check_model(model)
-            if normalization not in NORMALIZATIONS:
-                raise ValueError(
-                    f"normalization: expected one of {', '.join(map(repr, NORMALIZATIONS))}, "
-                    f"got {normalization!r}"
-                )
+            check_normalization(normalization, NORMALIZATIONS)
             reg_max = model.model[-1].reg_max
             cls_spec = build("classification", classification, CLASSIFICATION_LOSSES)
             box_spec = build("box", box, BOX_LOSSES)
