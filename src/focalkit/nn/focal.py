@@ -25,36 +25,17 @@ _P_HAT_MIN = 1e-6
 class _FocalLossBase(LabelLossModule):
     """Shared state for ``gamma="auto"`` (Weber et al., arXiv 1904.09048):
     ``gamma = -log(p_hat)``, ``p_hat`` an EMA of the batch-mean probability of the correct
-    class, updated in training mode only and used as a constant in backward."""
+    class, updated in training mode only and used as a constant in backward. The subclasses
+    call :meth:`_store_focusing` after :class:`LabelLossModule`'s constructor."""
 
     p_hat: Tensor
     p_hat_initialized: Tensor
     alpha: Alpha
     gamma: Gamma
 
-    def __init__(
-        self,
-        *,
-        loss: str,
-        gamma: Gamma,
-        alpha: Alpha,
-        auto_momentum: float,
-        weight: Tensor | None,
-        ignore_index: int | None,
-        reduction: str,
-        normalizer: float | Tensor | None,
-        validate: bool | None,
-        backend: str,
-    ) -> None:
-        super().__init__(
-            loss=loss,
-            weight=weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            normalizer=normalizer,
-            validate=validate,
-            backend=backend,
-        )
+    def _store_focusing(self, gamma: Gamma, alpha: Alpha, auto_momentum: float) -> None:
+        """Check and keep ``gamma``, ``alpha`` and ``auto_momentum`` (and, for ``"auto"``, the
+        estimate's buffers)."""
         self.auto = gamma == "auto"
         # a tensor gamma is a buffer (it follows .to()); "auto" keeps its estimate in p_hat
         self.store("gamma", gamma if self.auto else check_gamma(gamma))
@@ -127,9 +108,6 @@ class SigmoidFocalLoss(_FocalLossBase):
     ) -> None:
         super().__init__(
             loss="sigmoid_focal_loss",
-            gamma=gamma,
-            alpha=alpha,
-            auto_momentum=auto_momentum,
             weight=weight,
             ignore_index=ignore_index,
             reduction=reduction,
@@ -137,6 +115,7 @@ class SigmoidFocalLoss(_FocalLossBase):
             validate=validate,
             backend=backend,
         )
+        self._store_focusing(gamma, alpha, auto_momentum)
         if isinstance(pos_weight, Tensor):  # a buffer in the state_dict, as in BCEWithLogitsLoss
             check_floating("pos_weight", pos_weight)
             self.register_buffer("pos_weight", pos_weight)
@@ -204,9 +183,6 @@ class SoftmaxFocalLoss(_FocalLossBase):
     ) -> None:
         super().__init__(
             loss="softmax_focal_loss",
-            gamma=gamma,
-            alpha=alpha,
-            auto_momentum=auto_momentum,
             weight=weight,
             ignore_index=ignore_index,
             reduction=reduction,
@@ -214,6 +190,7 @@ class SoftmaxFocalLoss(_FocalLossBase):
             validate=validate,
             backend=backend,
         )
+        self._store_focusing(gamma, alpha, auto_momentum)
         self.label_smoothing = check_label_smoothing(label_smoothing)
 
     def _p_correct(self, logits: Tensor, targets: Tensor) -> Tensor:
