@@ -50,6 +50,22 @@ def _meta_ok(monkeypatch):
     yield
 
 
+def _assert_compiles_and_runs_on_meta(monkeypatch, loss_fn, x, target, meta_target):
+    """``loss_fn(x, target)`` under ``torch.compile(fullgraph=True)`` equals eager in value and
+    gradient, and forward and backward run on 'meta' tensors (4 x 3 logits, ``meta_target``),
+    where no value can be read."""
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a: loss_fn(a, target), fullgraph=True)
+    got, exp = _grad(compiled, x), _grad(lambda a: loss_fn(a, target), x)
+    torch.testing.assert_close(got[0], exp[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got[1], exp[1], rtol=1e-5, atol=1e-7)
+    torch._dynamo.reset()
+    with _meta_ok(monkeypatch):
+        xm = torch.randn(4, 3, device="meta", requires_grad=True)
+        loss_fn(xm, meta_target).backward()
+        assert xm.grad.device.type == "meta"
+
+
 # ============================================================================================
 # ASL
 # ============================================================================================
@@ -242,16 +258,8 @@ def test_asl_autocast_compile_and_no_host_reads(monkeypatch):
     x = torch.randn(6, 5, generator=gen)
     y = torch.rand(6, 5, generator=gen)
     assert_autocast_float32(fk.asymmetric_loss, x, y)
-    torch._dynamo.reset()
-    compiled = torch.compile(lambda a: fk.asymmetric_loss(a, y), fullgraph=True)
-    got, exp = _grad(compiled, x), _grad(lambda a: fk.asymmetric_loss(a, y), x)
-    torch.testing.assert_close(got[0], exp[0], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(got[1], exp[1], rtol=1e-5, atol=1e-7)
-    torch._dynamo.reset()
-    with _meta_ok(monkeypatch):
-        xm = torch.randn(4, 3, device="meta", requires_grad=True)
-        fk.asymmetric_loss(xm, torch.empty(4, 3, device="meta")).backward()
-        assert xm.grad.device.type == "meta"
+    meta_y = torch.empty(4, 3, device="meta")
+    _assert_compiles_and_runs_on_meta(monkeypatch, fk.asymmetric_loss, x, y, meta_y)
 
 
 @pytest.mark.parametrize(
@@ -429,17 +437,8 @@ def test_poly1_ce_retained_graph_autocast_compile_and_no_host_reads(monkeypatch)
     poly1_ce_ref(xr, y, reduction="sum").backward()
     assert_retained_graph_backward(fk.poly1_cross_entropy, x, y, xr.grad, reduction="sum")
     assert_autocast_float32(fk.poly1_cross_entropy, x, y)
-    torch._dynamo.reset()
-    compiled = torch.compile(lambda a: fk.poly1_cross_entropy(a, y), fullgraph=True)
-    got, exp = _grad(compiled, x), _grad(lambda a: fk.poly1_cross_entropy(a, y), x)
-    torch.testing.assert_close(got[0], exp[0], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(got[1], exp[1], rtol=1e-5, atol=1e-7)
-    torch._dynamo.reset()
-    with _meta_ok(monkeypatch):
-        xm = torch.randn(4, 3, device="meta", requires_grad=True)
-        ym = torch.empty(4, dtype=torch.long, device="meta")
-        fk.poly1_cross_entropy(xm, ym).backward()
-        assert xm.grad.device.type == "meta"
+    meta_y = torch.empty(4, dtype=torch.long, device="meta")
+    _assert_compiles_and_runs_on_meta(monkeypatch, fk.poly1_cross_entropy, x, y, meta_y)
 
 
 @pytest.mark.parametrize(
@@ -587,15 +586,8 @@ def test_poly1_focal_autocast_compile_no_reads_and_module(monkeypatch):
     x = torch.randn(6, 4, generator=gen)
     labels = torch.tensor([0, 4, 2, IGNORE, 1, 3])
     assert_autocast_float32(fk.poly1_focal_loss, x, labels)
-    torch._dynamo.reset()
-    compiled = torch.compile(lambda a: fk.poly1_focal_loss(a, labels), fullgraph=True)
-    got, exp = _grad(compiled, x), _grad(lambda a: fk.poly1_focal_loss(a, labels), x)
-    torch.testing.assert_close(got[0], exp[0], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(got[1], exp[1], rtol=1e-5, atol=1e-7)
-    torch._dynamo.reset()
-    with _meta_ok(monkeypatch):
-        xm = torch.randn(4, 3, device="meta", requires_grad=True)
-        fk.poly1_focal_loss(xm, torch.empty(4, dtype=torch.long, device="meta")).backward()
+    meta_labels = torch.empty(4, dtype=torch.long, device="meta")
+    _assert_compiles_and_runs_on_meta(monkeypatch, fk.poly1_focal_loss, x, labels, meta_labels)
     alpha = torch.tensor([0.2, 0.4, 0.6, 0.8])
     crit = fk.Poly1FocalLoss(epsilon=-1.0, alpha=alpha, gamma=1.0, normalizer=2.0)
     torch.testing.assert_close(
