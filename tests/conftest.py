@@ -10,6 +10,7 @@ specific to a family.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -121,6 +122,49 @@ def assert_autocast_float32(
         {"rtol": 1e-6, "atol": 1e-8} if inp.dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-4}
     )
     torch.testing.assert_close(x.grad.float(), x32.grad, **tol)
+
+
+def assert_auto_gamma_schedule(
+    module: torch.nn.Module,
+    loss_fn: Callable[..., Tensor],
+    mean_p_correct: Callable[[Tensor, Tensor], float],
+    batches: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]],
+    eval_batch: tuple[Tensor, Tensor],
+    **kw,
+) -> Tensor:
+    """``gamma="auto"`` (Weber et al.) on a fresh ``module``, against ``loss_fn(..., gamma=g,
+    **kw)``: ``p_hat`` (in the state_dict) starts at 1; before any update gamma = -log(1) =
+    0, and eval mode does not update ``p_hat``;
+    the first training batch sets ``p_hat`` to its ``mean_p_correct`` (value and gradient of
+    gamma = -log(p_hat)); the second moves it by the EMA with momentum 0.95; eval on
+    ``eval_batch`` leaves ``p_hat`` alone and uses gamma = -log(p_hat). Returns that eval
+    loss."""
+    assert "p_hat" in module.state_dict()
+    assert float(module.p_hat) == 1.0
+    (x1, t1), (x2, t2) = batches
+    module.eval()
+    loss0 = module(x1, t1)
+    assert float(module.p_hat) == 1.0
+    torch.testing.assert_close(loss0, loss_fn(x1, t1, gamma=0.0, **kw))
+
+    module.train()
+    a, ga = value_and_grad(module, x1, t1)
+    p1 = mean_p_correct(x1, t1)
+    assert float(module.p_hat) == pytest.approx(p1, rel=1e-5)
+    b, gb = value_and_grad(loss_fn, x1, t1, gamma=-math.log(p1), **kw)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
+
+    value_and_grad(module, x2, t2)
+    p2 = 0.95 * p1 + 0.05 * mean_p_correct(x2, t2)
+    assert float(module.p_hat) == pytest.approx(p2, rel=1e-5)
+
+    module.eval()
+    xe, te = eval_batch
+    c = module(xe, te)
+    assert float(module.p_hat) == pytest.approx(p2, rel=1e-5)
+    torch.testing.assert_close(c, loss_fn(xe, te, gamma=-math.log(p2), **kw), rtol=1e-5, atol=1e-7)
+    return c
 
 
 # --------------------------------------------------------------------------------------------

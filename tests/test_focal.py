@@ -30,6 +30,7 @@ from conftest import (
     HYP,
     IGNORE,
     REDUCTIONS,
+    assert_auto_gamma_schedule,
     assert_close_as,
     assert_raises,
     focal_alpha,
@@ -699,8 +700,6 @@ def _sigmoid_batch_pt(x, targets):
 def test_module_auto_gamma(target_kind):
     gen = make_gen(53)
     module = fk.SigmoidFocalLoss(gamma="auto", alpha=None)
-    assert "p_hat" in module.state_dict()
-    assert float(module.p_hat) == 1.0
     x1 = torch.randn(6, 3, generator=gen) * 2
     x2 = torch.randn(6, 3, generator=gen) * 2 + 1
     if target_kind == "soft":
@@ -710,32 +709,9 @@ def test_module_auto_gamma(target_kind):
         t1 = torch.tensor([0, 3, IGNORE, 2, 1, 1])
         t2 = torch.tensor([3, 3, 0, IGNORE, 2, 0])
 
-    # before any update: gamma = -log(1) = 0, and eval mode does not update
-    module.eval()
-    loss0 = module(x1, t1)
-    assert float(module.p_hat) == 1.0
-    torch.testing.assert_close(loss0, fk.sigmoid_focal_loss(x1, t1, gamma=0.0, alpha=None))
-
-    # first training batch: p_hat = batch mean p_t, gamma = -log(p_hat)
-    module.train()
-    a, ga = value_and_grad(module, x1, t1)
-    p1 = _sigmoid_batch_pt(x1, t1)
-    assert float(module.p_hat) == pytest.approx(p1, rel=1e-5)
-    b, gb = value_and_grad(fk.sigmoid_focal_loss, x1, t1, gamma=-math.log(p1), alpha=None)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
-
-    # second training batch: EMA with momentum 0.95
-    value_and_grad(module, x2, t2)
-    p2 = 0.95 * p1 + 0.05 * _sigmoid_batch_pt(x2, t2)
-    assert float(module.p_hat) == pytest.approx(p2, rel=1e-5)
-
-    # eval leaves p_hat alone and uses gamma = -log(p_hat)
-    module.eval()
-    c = module(x1, t1)
-    assert float(module.p_hat) == pytest.approx(p2, rel=1e-5)
-    torch.testing.assert_close(
-        c, fk.sigmoid_focal_loss(x1, t1, gamma=-math.log(p2), alpha=None), rtol=1e-5, atol=1e-7
+    batches = ((x1, t1), (x2, t2))
+    c = assert_auto_gamma_schedule(
+        module, fk.sigmoid_focal_loss, _sigmoid_batch_pt, batches, (x1, t1), alpha=None
     )
 
     # the buffer round-trips through state_dict

@@ -23,6 +23,7 @@ from conftest import (
     HYP,
     IGNORE,
     REDUCTIONS,
+    assert_auto_gamma_schedule,
     assert_close_as,
     assert_raises,
     focal_alpha,
@@ -460,35 +461,11 @@ def _softmax_batch_pt(x, targets):
 def test_module_auto_gamma(shape, form):
     gen = make_gen(173)
     module = fk.SoftmaxFocalLoss(gamma="auto")
-    assert "p_hat" in module.state_dict()
-    assert float(module.p_hat) == 1.0
     x1, t1 = softmax_problem(shape, form, gen)
     x2, t2 = softmax_problem(shape, form, gen)
 
-    # before any update gamma = 0; eval mode does not update p_hat
-    module.eval()
-    loss0 = module(x1, t1)
-    assert float(module.p_hat) == 1.0
-    torch.testing.assert_close(loss0, fk.softmax_focal_loss(x1, t1, gamma=0.0))
-
-    module.train()
-    a, ga = value_and_grad(module, x1, t1)
-    p1 = _softmax_batch_pt(x1, t1)
-    assert float(module.p_hat) == pytest.approx(p1, rel=1e-5)
-    b, gb = value_and_grad(fk.softmax_focal_loss, x1, t1, gamma=-math.log(p1))
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-7)
-
-    value_and_grad(module, x2, t2)
-    p2 = 0.95 * p1 + 0.05 * _softmax_batch_pt(x2, t2)
-    assert float(module.p_hat) == pytest.approx(p2, rel=1e-5)
-
-    module.eval()
-    c = module(x2, t2)
-    assert float(module.p_hat) == pytest.approx(p2, rel=1e-5)
-    torch.testing.assert_close(
-        c, fk.softmax_focal_loss(x2, t2, gamma=-math.log(p2)), rtol=1e-5, atol=1e-7
-    )
+    batches = ((x1, t1), (x2, t2))
+    assert_auto_gamma_schedule(module, fk.softmax_focal_loss, _softmax_batch_pt, batches, (x2, t2))
 
 
 # ------------------------------------------------------------------------------------------
