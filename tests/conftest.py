@@ -248,3 +248,25 @@ def ghm_c_problem(
         targets = (torch.rand(shape, generator=gen) < 0.3).to(dtype)
     valid = torch.rand(shape, generator=gen) < 0.8
     return logits, targets, valid
+
+
+# --------------------------------------------------------------------------------------------
+# degenerate boxes
+# --------------------------------------------------------------------------------------------
+
+# (pred, target) xyxy pairs where the IoU family's ties, clamps and zero areas decide the values
+# and gradients (tests/test_box.py; tests/test_triton_box.py adds containment and shared edges)
+DEGENERATE_BOXES = {
+    "identical": ([0.0, 0, 4, 4], [0.0, 0, 4, 4]),
+    "disjoint": ([0.0, 0, 1, 1], [5.0, 5, 6, 7]),
+    "touching": ([0.0, 0, 1, 1], [1.0, 0, 2, 1]),
+    "zero_width_pred": ([1.0, 1, 1, 4], [0.0, 0, 4, 4]),
+    "zero_height_target": ([0.0, 0, 4, 4], [1.0, 2, 3, 2]),
+    "points_apart": ([2.0, 2, 2, 2], [3.0, 3, 3, 3]),
+    "points_identical": ([2.0, 2, 2, 2], [2.0, 2, 2, 2]),
+    "zero_width_both": ([1.0, 0, 1, 4], [1.0, 1, 1, 5]),
+    "zero_height_both_identical": ([0.0, 1, 4, 1], [0.0, 1, 4, 1]),
+}
+# Two zero-area boxes that overlap along a segment: the float32 gradient of IoU there is
+# ~ length / eps (1e7 scale), finite in float32/bfloat16 but beyond float16's range.
+FP16_OVERFLOW = {"zero_width_both", "zero_height_both_identical"}

@@ -22,7 +22,7 @@ from _ghm_box_refs import (
     focal_l1_reference,
     random_boxes,
 )
-from conftest import HYP, make_gen
+from conftest import DEGENERATE_BOXES, FP16_OVERFLOW, HYP, make_gen
 
 LOSSES = {
     "iou": fk.iou_loss,
@@ -130,26 +130,11 @@ def test_focal_l1_matches_reference_values_and_gradients():
 # degenerate boxes and dtypes
 # --------------------------------------------------------------------------------------------
 
-DEGENERATE = {
-    "identical": ([0.0, 0, 4, 4], [0.0, 0, 4, 4]),
-    "disjoint": ([0.0, 0, 1, 1], [5.0, 5, 6, 7]),
-    "touching": ([0.0, 0, 1, 1], [1.0, 0, 2, 1]),
-    "zero_width_pred": ([1.0, 1, 1, 4], [0.0, 0, 4, 4]),
-    "zero_height_target": ([0.0, 0, 4, 4], [1.0, 2, 3, 2]),
-    "points_apart": ([2.0, 2, 2, 2], [3.0, 3, 3, 3]),
-    "points_identical": ([2.0, 2, 2, 2], [2.0, 2, 2, 2]),
-    "zero_width_both": ([1.0, 0, 1, 4], [1.0, 1, 1, 5]),
-    "zero_height_both_identical": ([0.0, 1, 4, 1], [0.0, 1, 4, 1]),
-}
-# Two zero-area boxes that overlap along a segment: the float32 gradient of IoU there is
-# ~ length / eps (1e7 scale), finite in float32/bfloat16 but beyond float16's range.
-FP16_OVERFLOW = {"zero_width_both", "zero_height_both_identical"}
-
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", list(LOSSES))
 def test_finite_values_and_gradients_for_degenerate_boxes(kind, dtype):
-    for name, (p, t) in DEGENERATE.items():
+    for name, (p, t) in DEGENERATE_BOXES.items():
         x = torch.tensor([p], dtype=dtype, requires_grad=True)
         loss = LOSSES[kind](x, torch.tensor([t], dtype=dtype))
         loss.backward()

@@ -24,6 +24,7 @@ from _triton_interp import (  # noqa: F401 (interpret: autouse fixture)
     import_kernel,
     interpret,
 )
+from conftest import DEGENERATE_BOXES, FP16_OVERFLOW
 
 triton_box = import_kernel("focalkit.kernels.triton_box")
 
@@ -51,21 +52,11 @@ MODULES = {
 }
 # the cases of test_box.py, plus containment and shared edges (ties of min/max)
 DEGENERATE = {
-    "identical": ([0.0, 0, 4, 4], [0.0, 0, 4, 4]),
-    "disjoint": ([0.0, 0, 1, 1], [5.0, 5, 6, 7]),
-    "touching": ([0.0, 0, 1, 1], [1.0, 0, 2, 1]),
+    **DEGENERATE_BOXES,
     "contained": ([1.0, 1, 2, 3], [0.0, 0, 4, 4]),
     "containing": ([0.0, 0, 4, 4], [1.0, 1, 2, 3]),
     "shared_left_edge": ([0.0, 0, 2, 3], [0.0, 1, 4, 2]),
-    "zero_width_pred": ([1.0, 1, 1, 4], [0.0, 0, 4, 4]),
-    "zero_height_target": ([0.0, 0, 4, 4], [1.0, 2, 3, 2]),
-    "points_apart": ([2.0, 2, 2, 2], [3.0, 3, 3, 3]),
-    "points_identical": ([2.0, 2, 2, 2], [2.0, 2, 2, 2]),
-    "zero_width_both": ([1.0, 0, 1, 4], [1.0, 1, 1, 5]),
-    "zero_height_both_identical": ([0.0, 1, 4, 1], [0.0, 1, 4, 1]),
 }
-# zero-area boxes overlapping along a segment: gradient ~ length / eps, beyond float16's range
-FP16_OVERFLOW = {"zero_width_both", "zero_height_both_identical"}
 
 
 def _boxes(n: int, seed: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
