@@ -22,6 +22,7 @@ TOL = {
     torch.float16: (2e-3, 1e-5),
     torch.bfloat16: (1.6e-2, 1e-4),
 }
+DTYPES = list(TOL)  # the dtypes every kernel is tested in
 
 
 def import_kernel(module: str) -> ModuleType:

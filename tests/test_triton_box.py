@@ -19,7 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import focalkit as fk
 from _triton_interp import (  # noqa: F401 (interpret: autouse fixture)
-    TOL,
+    DTYPES,
     compare_backends,
     import_kernel,
     interpret,
@@ -30,7 +30,6 @@ triton_box = import_kernel("focalkit.kernels.triton_box")
 
 pytestmark = pytest.mark.triton
 
-DTYPES = list(TOL)
 LOSSES = {
     "iou": fk.iou_loss,
     "iou_log": lambda p, t, **kw: fk.iou_loss(p, t, mode="log", **kw),

@@ -9,7 +9,7 @@ import torch
 
 import focalkit as fk
 from _triton_interp import (  # noqa: F401 (interpret: autouse fixture)
-    TOL,
+    DTYPES,
     compare_backends,
     import_kernel,
     interpret,
@@ -23,7 +23,6 @@ triton_dfl = import_kernel("focalkit.kernels.triton_dfl")
 
 pytestmark = pytest.mark.triton
 
-DTYPES = list(TOL)
 IGNORE = -100
 
 

@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 
 import focalkit as fk
 from _triton_interp import (  # noqa: F401 (interpret: autouse fixture)
-    TOL,
+    DTYPES,
     compare_backends,
     import_kernel,
     interpret,
@@ -40,8 +40,6 @@ pytestmark = [
     # exp(-x) overflows to inf for x = -100 (sigmoid is 0 there, as on torch); numpy warns
     pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning"),
 ]
-
-DTYPES = list(TOL)
 
 
 def _gen(seed: int) -> torch.Generator:

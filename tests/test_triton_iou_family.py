@@ -13,6 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import focalkit as fk
 from _triton_interp import (  # noqa: F401 (interpret: autouse fixture)
+    DTYPES,
     TOL,
     compare_backends,
     import_kernel,
@@ -24,7 +25,6 @@ triton_box = import_kernel("focalkit.kernels.triton_box")
 
 pytestmark = pytest.mark.triton
 
-DTYPES = list(TOL)
 P = functools.partial
 # every KIND, CLAMP and WRITE_IOU path, each with and without modifiers (below)
 LOSSES = {

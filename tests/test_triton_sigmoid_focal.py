@@ -1,8 +1,7 @@
 """The Triton sigmoid focal kernel against the torch backend (Triton's interpreter on CPU).
 
-``TRITON_INTERPRET=1`` must be set when the kernel is decorated, so it is set before triton is
-imported; it is then restored, and set again per test by a fixture, so that other test modules
-running in the same (xdist) worker keep the default CPU behaviour (``backend="auto"`` -> torch).
+The interpreter's set-up (``TRITON_INTERPRET=1`` at decoration, restored for the other test
+modules of the worker) and the tolerance table are ``_triton_interp``'s.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import torch
 
 import focalkit as fk
 from _triton_interp import (  # noqa: F401 (interpret: autouse fixture)
-    TOL,
+    DTYPES,
     compare_backends,
     import_kernel,
     interpret,
@@ -25,7 +24,6 @@ triton_scale = import_kernel("focalkit.kernels.triton_scale")
 
 pytestmark = pytest.mark.triton
 
-DTYPES = list(TOL)
 GAMMAS = [0.0, 0.5, 2.0]
 
 
