@@ -411,6 +411,9 @@ def test_ghm_c_mean_is_bounded_by_bce_sum_per_bin(bins, seed):
         (lambda: fk.ghm_c_loss(torch.zeros(3), torch.zeros(3), bins=0), "bins"),
         (lambda: fk.GHMCLoss(momentum=1.0), "momentum"),
         (lambda: fk.GHMCLoss(momentum=-0.1), "momentum"),
+        # an int beyond float's range is compared as it is, not converted (no OverflowError)
+        (lambda: fk.GHMCLoss(momentum=10**400), "momentum"),
+        (lambda: fk.ghm_r_loss(torch.zeros(3), torch.zeros(3), mu=-(10**400)), "mu"),
         (lambda: fk.GHMCLoss(bins=0), "bins"),
         (lambda: fk.GHMCLoss(sync="yes"), "sync"),
         (lambda: fk.GHMRLoss(mu=0.0), "mu"),

@@ -59,12 +59,18 @@ def check_tensor(name: str, tensor: object) -> None:
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
 
 
-def _number(name: str, value: object) -> float:
-    """``value`` as a float: a real number (an int or a float, not a bool), else TypeError.
-    The first step of every numeric check below."""
+def _check_real(name: str, value: object) -> float:
+    """``value`` itself if it is a real number (an int or a float, not a bool), else TypeError.
+    The first step of every numeric check below. It converts nothing: the range checks compare
+    the value as given, so an int beyond float's range fails them with their ValueError."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number, got {_describe(value)}")
-    return float(value)
+    return value
+
+
+def _number(name: str, value: object) -> float:
+    """``value`` as a float (:func:`_check_real`, then ``float``)."""
+    return float(_check_real(name, value))
 
 
 def check_flag(name: str, value: object) -> None:
@@ -82,13 +88,13 @@ def check_number(name: str, value: float) -> float:
 
 
 def check_nonnegative(name: str, value: float) -> None:
-    _number(name, value)
+    _check_real(name, value)
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
 
 
 def check_positive(name: str, value: float) -> None:
-    _number(name, value)
+    _check_real(name, value)
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
 
@@ -102,7 +108,7 @@ def check_int_at_least(name: str, value: int, minimum: int) -> None:
 
 def check_unit_interval(name: str, value: float, *, closed_right: bool = True) -> None:
     """``value`` in [0, 1] (or [0, 1) with ``closed_right=False``)."""
-    _number(name, value)
+    _check_real(name, value)
     ok = 0 <= value <= 1 if closed_right else 0 <= value < 1
     if not ok:
         interval = "[0, 1]" if closed_right else "[0, 1)"
