@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -68,10 +69,12 @@ def _format_seconds(seconds: float) -> str:
 
 
 class RunProgress:
-    """An overall bar over the runs and one bar for the run in progress, both with ETA.
+    """An overall bar over the runs and one bar per run in progress (several when runs are
+    parallel), each with its ETA, in one live display.
 
-    Without a terminal the bars are off and a run longer than ``log_every_s`` logs a line with
-    its step count and ETA every ``log_every_s`` seconds instead.
+    Without a terminal the bars are off; a run longer than ``log_every_s`` logs a line with its
+    step count and ETA every ``log_every_s`` seconds instead. Safe to call from a thread other
+    than the one that entered it (the parallel runner's progress pump).
     """
 
     def __init__(self, total_runs: int, console=None, log_every_s: float = 30.0) -> None:
@@ -80,6 +83,9 @@ class RunProgress:
         self.log_every_s = log_every_s
         self._progress: Any = None  # a rich Progress while the display is live
         self._overall: Any = None
+        self._tasks: dict[int, Any] = {}
+        self._plain: dict[int, list] = {}  # key -> [description, start, last log time]
+        self._lock = threading.Lock()
 
     def __enter__(self) -> RunProgress:
         if self.console is not None:
@@ -114,33 +120,48 @@ class RunProgress:
         if self._progress is not None:
             self._progress.advance(self._overall)
 
-    @contextmanager
-    def run(self, description: str) -> Iterator[Callable[[int, int], None]]:
-        """A ``progress(done, total)`` callback for one run."""
-        if self._progress is not None:
-            task = self._progress.add_task(description, total=None)
+    def start(self, key: int, description: str) -> None:
+        with self._lock:
+            if self._progress is not None:
+                if key not in self._tasks:
+                    self._tasks[key] = self._progress.add_task(description, total=None)
+            else:
+                now = time.perf_counter()
+                self._plain[key] = [description, now, now]
 
-            def update(done: int, total: int) -> None:
-                self._progress.update(task, completed=done, total=total)
-
-            try:
-                yield update
-            finally:
-                self._progress.remove_task(task)
-            return
-
-        start = time.perf_counter()
-        last = [start]
-
-        def log_line(done: int, total: int) -> None:
-            now = time.perf_counter()
-            if now - last[0] < self.log_every_s or done <= 0:
+    def update(self, key: int, done: int, total: int) -> None:
+        with self._lock:
+            if self._progress is not None:
+                task = self._tasks.get(key)
+                if task is not None:
+                    self._progress.update(task, completed=done, total=total)
                 return
-            last[0] = now
+            state = self._plain.get(key)
+            if state is None or done <= 0:
+                return
+            description, start, last = state
+            now = time.perf_counter()
+            if now - last < self.log_every_s:
+                return
+            state[2] = now
             eta = (now - start) / done * (total - done)
-            log.info("  %s: step %d/%d, ETA %s", description, done, total, _format_seconds(eta))
+        log.info("  %s: step %d/%d, ETA %s", description, done, total, _format_seconds(eta))
 
-        yield log_line
+    def stop(self, key: int) -> None:
+        with self._lock:
+            task = self._tasks.pop(key, None)
+            if task is not None and self._progress is not None:
+                self._progress.remove_task(task)
+            self._plain.pop(key, None)
+
+    @contextmanager
+    def run(self, description: str, key: int = -1) -> Iterator[Callable[[int, int], None]]:
+        """A ``progress(done, total)`` callback for one run."""
+        self.start(key, description)
+        try:
+            yield lambda done, total: self.update(key, done, total)
+        finally:
+            self.stop(key)
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

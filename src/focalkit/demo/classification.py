@@ -2,7 +2,10 @@
 
 Data: scikit-learn's bundled 8x8 digit scans (``sklearn.datasets.load_digits``, 1797 images,
 10 classes, no download). A balanced test split is drawn first (``test_per_class`` per class,
-fixed ``data_seed``); the rest is made long-tailed with exponential class sizes
+fixed ``data_seed``), then a balanced validation split from the training part
+(``val_per_class`` per class, the same for every run: the plateau rule's yardstick, as
+long-tailed benchmarks validate on balanced splits); the rest is made long-tailed with
+exponential class sizes
 
     n_c = round(n_max * r ** (-c / (C - 1))),   c = 0 .. C-1
 
@@ -12,9 +15,11 @@ The test split is the same for every run; ``seed`` picks which of the remaining 
 long-tailed training sizes, the network's initialisation and the batch order, and every loss
 gets the same seeds (so losses are compared on identical data and initialisations).
 
-Every loss trains the same MLP with the same optimiser, learning rate, batch size and number of
-steps; nothing is tuned per loss and the test set is never used to choose anything (the model
-of the last step is evaluated).
+Every loss trains the same MLP with the same optimiser, learning rate and batch size until its
+validation balanced accuracy stops improving (:class:`focalkit.demo.plateau.PlateauRule`:
+evaluated every ``eval_every`` steps, stop after ``patience`` evaluations without a gain of
+``min_delta``, between ``min_steps`` and ``max_steps``); the weights of the best validation
+evaluation are tested. Nothing is tuned per loss and the test set chooses nothing.
 
 Losses: ``ce`` (``F.cross_entropy``), ``cb_ce`` (cross-entropy with
 ``weight=fk.class_balanced_weights(train_counts, beta=cb_beta)``; ``cb_beta = 0.999``: with at
@@ -32,6 +37,7 @@ softmax it was not trained to calibrate.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +52,7 @@ from torch import Tensor, nn
 import focalkit as fk
 
 from .metrics import expected_calibration_error, reliability_bins
+from .plateau import Plateau, PlateauRule
 
 __all__ = [
     "CLASSIFICATION_LOSSES",
@@ -69,24 +76,37 @@ class ClassificationSetting:
 
     preset: str
     test_per_class: int = 30
+    val_per_class: int = 10
     min_per_class: int = 2
     imbalance_ratio: float | None = None  # None: the largest the data allows
     data_seed: int = 0
     hidden: int = 128
-    steps: int = 1500
+    max_steps: int = 8000
+    min_steps: int = 500
+    patience: int = 5
+    min_delta: float = 0.005
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
-    eval_every: int = 50
+    eval_every: int = 100
     cb_beta: float = 0.999
     focal_gamma: float = 2.0
     poly1_epsilon: float = 1.0
 
+    def plateau_rule(self) -> PlateauRule:
+        return PlateauRule(
+            eval_every=self.eval_every,
+            patience=self.patience,
+            min_delta=self.min_delta,
+            min_steps=self.min_steps,
+            max_steps=self.max_steps,
+        )
 
-_PRESETS = {
-    "quick": {"steps": 300, "eval_every": 25},
-    "default": {"steps": 1500, "eval_every": 50},
-    "full": {"steps": 4000, "eval_every": 100, "hidden": 256},
+
+_PRESETS: dict[str, dict] = {
+    "quick": {"max_steps": 300, "min_steps": 100, "eval_every": 25, "patience": 2},
+    "default": {},
+    "full": {"max_steps": 20000, "min_steps": 1000, "patience": 10, "hidden": 256},
 }
 
 
@@ -120,11 +140,14 @@ class Split:
     imbalance_ratio: float  # the realised n_0 / n_{C-1}
     train_index: np.ndarray  # rows of load_digits() in each split
     test_index: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    val_index: np.ndarray
 
 
 def long_tailed_split(setting: ClassificationSetting, seed: int = 0) -> Split:
-    """Balanced test split (fixed by ``setting.data_seed``), then a long-tailed training split
-    drawn from the rest with ``seed`` (see the module docstring)."""
+    """Balanced test and validation splits (fixed by ``setting.data_seed``), then a
+    long-tailed training split drawn from the rest with ``seed`` (see the module docstring)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -132,12 +155,13 @@ def long_tailed_split(setting: ClassificationSetting, seed: int = 0) -> Split:
     y = digits.target.astype(np.int64)
     rng = np.random.default_rng(setting.data_seed)
     per_class = [rng.permutation(np.flatnonzero(y == c)) for c in range(NUM_CLASSES)]
-    if min(len(idx) for idx in per_class) <= setting.test_per_class:
+    held = setting.test_per_class + setting.val_per_class
+    if min(len(idx) for idx in per_class) <= held:
         raise ValueError(
-            f"test_per_class: expected fewer than {min(len(i) for i in per_class)} "
-            f"(the smallest class), got {setting.test_per_class}"
+            f"test_per_class + val_per_class: expected fewer than "
+            f"{min(len(i) for i in per_class)} (the smallest class), got {held}"
         )
-    n_max = min(len(idx) for idx in per_class) - setting.test_per_class
+    n_max = min(len(idx) for idx in per_class) - held
     largest = n_max / setting.min_per_class
     ratio = largest if setting.imbalance_ratio is None else float(setting.imbalance_ratio)
     if ratio > largest * (1 + 1e-9):
@@ -147,12 +171,10 @@ def long_tailed_split(setting: ClassificationSetting, seed: int = 0) -> Split:
         )
     sizes = long_tailed_sizes(n_max, ratio, NUM_CLASSES)
     test_idx = np.concatenate([idx[: setting.test_per_class] for idx in per_class])
+    val_idx = np.concatenate([idx[setting.test_per_class : held] for idx in per_class])
     pick = np.random.default_rng([setting.data_seed, seed])
     train_idx = np.concatenate(
-        [
-            pick.permutation(idx[setting.test_per_class :])[:n]
-            for idx, n in zip(per_class, sizes, strict=True)
-        ]
+        [pick.permutation(idx[held:])[:n] for idx, n in zip(per_class, sizes, strict=True)]
     )
     return Split(
         x_train=x[train_idx],
@@ -164,6 +186,9 @@ def long_tailed_split(setting: ClassificationSetting, seed: int = 0) -> Split:
         imbalance_ratio=sizes[0] / sizes[-1],
         train_index=train_idx,
         test_index=test_idx,
+        x_val=x[val_idx],
+        y_val=y[val_idx],
+        val_index=val_idx,
     )
 
 
@@ -307,13 +332,27 @@ def _train_and_evaluate(
     )
     batches = torch.Generator().manual_seed(seed)
 
-    curve: dict[str, list] = {"step": [], "loss": [], "train_ce": [], "test_balanced_accuracy": []}
+    x_val = torch.from_numpy(split.x_val).to(device)
+    y_val = torch.from_numpy(split.y_val).to(device)
+    rule = setting.plateau_rule()
+    plateau = Plateau(rule)
+    best_state = copy.deepcopy(model.state_dict())
+    best_gamma = None
+    curve: dict[str, list] = {
+        "step": [],
+        "loss": [],
+        "train_ce": [],
+        "val_balanced_accuracy": [],
+        "test_balanced_accuracy": [],
+    }
     if loss == "auto":
         curve["gamma"] = []
     running, seen = 0.0, 0
     n = x_train.shape[0]
     model.train()
-    for step in range(1, setting.steps + 1):
+    step = 0
+    while step < rule.max_steps:
+        step += 1
         index = torch.randint(n, (setting.batch_size,), generator=batches).to(device)
         logits = model(x_train[index])
         objective = criterion(logits, y_train[index])
@@ -322,23 +361,33 @@ def _train_and_evaluate(
         optimizer.step()
         running += float(objective.detach())
         seen += 1
-        if step % setting.eval_every == 0 or step == setting.steps:
+        stop = False
+        if step % rule.eval_every == 0 or step == rule.max_steps:
             with torch.no_grad():
                 model.eval()
                 train_ce = float(F.cross_entropy(model(x_train), y_train))
                 model.train()
+            val_bacc = _evaluate(model, x_val, y_val)["metrics"]["balanced_accuracy"]
             curve["step"].append(step)
             curve["loss"].append(running / seen)
             curve["train_ce"].append(train_ce)
-            curve["test_balanced_accuracy"].append(
+            curve["val_balanced_accuracy"].append(val_bacc)
+            curve["test_balanced_accuracy"].append(  # recorded for the figure, chooses nothing
                 _evaluate(model, x_test, y_test)["metrics"]["balanced_accuracy"]
             )
             if isinstance(criterion, fk.SoftmaxFocalLoss) and criterion.auto:  # its running p_hat
                 curve["gamma"].append(-math.log(max(float(criterion.p_hat), 1e-6)))
             running, seen = 0.0, 0
+            stop = plateau.update(step, val_bacc)
+            if plateau.is_best:
+                best_state = copy.deepcopy(model.state_dict())
+                best_gamma = curve["gamma"][-1] if loss == "auto" else None
         if progress is not None:
-            progress(step, setting.steps)
+            progress(step, step if stop else rule.max_steps)
+        if stop:
+            break
 
+    model.load_state_dict(best_state)
     evaluation = _evaluate(model, x_test, y_test)
     record = {
         "study": "classification",
@@ -347,10 +396,13 @@ def _train_and_evaluate(
         "setting": asdict(setting),
         **evaluation,
         "curve": curve,
+        "validation": plateau.summary(),
+        "steps": step,
         "train_counts": split.train_counts,
+        "val_counts": [int(v) for v in np.bincount(split.y_val, minlength=NUM_CLASSES)],
         "test_counts": split.test_counts,
         "imbalance_ratio": split.imbalance_ratio,
     }
     if loss == "auto":
-        record["final_gamma"] = curve["gamma"][-1]
+        record["final_gamma"] = best_gamma if best_gamma is not None else curve["gamma"][-1]
     return record

@@ -23,6 +23,7 @@ __all__ = [
     "plot_per_class_recall",
     "plot_reliability",
     "plot_scenes",
+    "plot_validation_curves",
     "pyplot",
     "save_figure",
 ]
@@ -67,7 +68,8 @@ def _group(records: Sequence[dict], key: str) -> dict[str, list[dict]]:
 
 
 def _mean_curve(records: Sequence[dict], x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds of a curve, on the steps every seed recorded."""
+    """Mean over seeds of a curve, on the steps every seed recorded (runs stop at different
+    steps: the mean covers the shortest)."""
     curves = [r["curve"] for r in records if r.get("curve") and r["curve"].get(y_key)]
     if not curves:
         return np.array([]), np.array([])
@@ -245,15 +247,20 @@ def plot_classification_curves(records: Sequence[dict], path: Path) -> Path:
     for (name, runs), color in zip(groups.items(), _colors(len(groups)), strict=True):
         x, y = _mean_curve(runs, "step", "train_ce")
         ax_ce.plot(x, y, color=color, label=name)
-        x, y = _mean_curve(runs, "step", "test_balanced_accuracy")
-        ax_acc.plot(x, y, color=color, label=name)
+        x, y = _mean_curve(runs, "step", "val_balanced_accuracy")
+        if len(x):
+            ax_acc.plot(x, y, color=color, label=name)
     ax_ce.set(
         xlabel="step",
         ylabel="cross-entropy (training split)",
         yscale="log",
         title="training cross-entropy",
     )
-    ax_acc.set(xlabel="step", ylabel="balanced accuracy (test)", title="test balanced accuracy")
+    ax_acc.set(
+        xlabel="step",
+        ylabel="balanced accuracy (validation)",
+        title="validation balanced accuracy (the plateau rule's yardstick)",
+    )
     for ax in (ax_ce, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -391,6 +398,39 @@ def plot_detection_curves(
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle("Detection training curves (mean over seeds; each loss on its own scale)")
+    return save_figure(fig, path)
+
+
+def plot_validation_curves(
+    panels: dict[str, dict[str, list[dict]]],
+    path: Path,
+    *,
+    ylabel: str,
+    title: str,
+    budgets: Sequence[int] = (),
+) -> Path:
+    """The plateau rule's yardstick against training steps, one panel per sweep, one line per
+    loss and seed (the seeds of a loss share its colour); a dot marks the evaluation whose
+    model was kept, a cross where the run stopped; dotted verticals at ``budgets``."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.8 * len(panels), 4), squeeze=False)
+    for ax, (panel, groups) in zip(axes[0], panels.items(), strict=True):
+        for (name, runs), color in zip(groups.items(), _colors(len(groups)), strict=True):
+            for i, run in enumerate(runs):
+                val = run.get("validation") or {}
+                steps, values = val.get("step", []), val.get("value", [])
+                if not steps:
+                    continue
+                ax.plot(steps, values, color=color, lw=1.3, label=name if i == 0 else None)
+                if val.get("best_step") is not None:
+                    ax.plot([val["best_step"]], [val["best_value"]], "o", color=color, ms=5)
+                ax.plot([steps[-1]], [values[-1]], "x", color=color, ms=6)
+        for budget in budgets:
+            ax.axvline(budget, color="0.6", ls=":", lw=1)
+        ax.set(xlabel="training step", ylabel=ylabel, title=panel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title + "\n(dot: the kept evaluation; x: where the plateau rule stopped)")
     return save_figure(fig, path)
 
 

@@ -31,27 +31,30 @@ DELTA_CLIP = math.log(1000.0 / 16)
 
 
 def grid_anchors(
-    feature_size: int,
+    feature_size: int | tuple[int, int],
     stride: int,
     sizes: Sequence[float],
     ratios: Sequence[float],
     *,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Anchors of one square feature map, shape ``(feature_size**2 * A, 4)``.
+    """Anchors of one feature map of ``feature_size`` cells (an int: square; or ``(height,
+    width)``), shape ``(H * W * A, 4)``.
 
     One anchor per (size, ratio) pair at every cell centre ``((j + 0.5) stride,
     (i + 0.5) stride)``; ``ratio = h / w`` at constant area ``size**2``. Row order is
     ``(i, j, a)`` with ``a = ratio_index * len(sizes) + size_index``, which is the order of a
     head output ``(B, A * K, H, W)`` permuted to ``(B, H, W, A, K)`` and flattened.
     """
+    fh, fw = (feature_size, feature_size) if isinstance(feature_size, int) else feature_size
     size = torch.tensor(list(sizes), dtype=torch.float64)
     ratio = torch.tensor(list(ratios), dtype=torch.float64)
     w = (size[None, :] / ratio.sqrt()[:, None]).reshape(-1)  # (A,) ratio-major
     h = (size[None, :] * ratio.sqrt()[:, None]).reshape(-1)
     shape = torch.stack([-w / 2, -h / 2, w / 2, h / 2], dim=1)  # (A, 4)
-    centre = (torch.arange(feature_size, dtype=torch.float64) + 0.5) * stride
-    cy, cx = torch.meshgrid(centre, centre, indexing="ij")
+    centre_y = (torch.arange(fh, dtype=torch.float64) + 0.5) * stride
+    centre_x = (torch.arange(fw, dtype=torch.float64) + 0.5) * stride
+    cy, cx = torch.meshgrid(centre_y, centre_x, indexing="ij")
     shift = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
     return (shift + shape[None]).reshape(-1, 4).to(dtype)
 

@@ -7,9 +7,10 @@ colours, then pixel noise over everything — and a few hard-edged objects of th
 ``[min_size, max_size]``, placed so two objects overlap by at most IoU 0.2). Only shape
 separates the classes, and only hard edges separate objects from blobs.
 
-Every scene is drawn from ``numpy.random.default_rng([split_seed, index])``, so
-:func:`render_scene` of one index needs no other scene and the train and test splits come
-from different seeds. Boxes are the tight bounds of the drawn pixels and ``area`` their pixel
+Every scene is drawn from ``numpy.random.default_rng([split_seed, offset + index])``, so
+:func:`render_scene` of one index needs no other scene; the train and test splits come from
+different seeds, and the validation split is carved from the training stream (the scenes that
+follow the training ones: same seed, ``offset = num_train``). Boxes are the tight bounds of the drawn pixels and ``area`` their pixel
 count (COCO's ``area`` is the mask area, not ``w * h``).
 
 Object sizes: COCO's ``areaRng`` is kept as it is (small: area < 32**2 pixels), and the
@@ -54,6 +55,7 @@ class SceneSpec:
     min_size: float
     max_size: float
     seed: int
+    offset: int = 0  # scene i of this split is scene offset + i of the seed's stream
 
     def key(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True)
@@ -92,7 +94,7 @@ def generate_scene(
     spec: SceneSpec, index: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Scene ``index`` of a split: ``(image uint8 (S, S, 3), boxes (G, 4), labels, areas)``."""
-    rng = np.random.default_rng([spec.seed, index])
+    rng = np.random.default_rng([spec.seed, spec.offset + index])
     size = spec.image_size
     centres = np.arange(size, dtype=np.float64) + 0.5
     ys, xs = np.meshgrid(centres, centres, indexing="ij")

@@ -30,7 +30,7 @@ def postprocess(
     anchors: Tensor,
     level_sizes: Sequence[int],
     *,
-    image_size: int,
+    image_size: int | tuple[int, int],
     box_weights: Sequence[float],
     score_thresh: float,
     pre_nms_topk: int,
@@ -39,7 +39,10 @@ def postprocess(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Detections of one image, RetinaNet style: sigmoid scores, per level the ``pre_nms_topk``
     best (anchor, class) pairs above ``score_thresh``, decode, clip to the image, per-class
-    NMS, the ``max_detections`` best. Returns ``(boxes (K, 4), scores (K,), labels (K,))``."""
+    NMS, the ``max_detections`` best. ``image_size``: an int (square) or ``(height, width)``.
+    Returns ``(boxes (K, 4), scores (K,), labels (K,))``."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    limit = torch.tensor([width, height, width, height], dtype=deltas.dtype, device=deltas.device)
     num_classes = logits.shape[-1]
     boxes, scores, labels = [], [], []
     start = 0
@@ -51,7 +54,7 @@ def postprocess(
             candidates = candidates[top]
         anchor_index = candidates // num_classes + start
         level_boxes = decode_boxes(deltas[anchor_index], anchors[anchor_index], box_weights)
-        boxes.append(level_boxes.clamp(min=0, max=image_size))
+        boxes.append(torch.minimum(level_boxes.clamp(min=0), limit))
         scores.append(level_scores[candidates])
         labels.append(candidates % num_classes)
         start += size
@@ -65,30 +68,78 @@ def _quiet(fn, *args):
         return fn(*args)
 
 
-def coco_evaluate(annotation_file: pathlib.Path, results: list[dict]) -> dict[str, float]:
+STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
+
+
+def coco_evaluate(
+    annotation_file: pathlib.Path,
+    results: list[dict],
+    *,
+    max_detections: int | None = None,
+    image_ids: Sequence[int] | None = None,
+    stats: int = 4,
+) -> dict[str, float]:
     """COCO box AP of ``results`` (COCO result dicts) against ``annotation_file``.
 
-    Returns ``COCOeval.stats[0:4]`` as AP, AP50, AP75, AP_small (COCO's -1 = "no ground truth in
-    that range" is kept). Without any detection every AP is 0 (``loadRes`` cannot load an
-    empty list), AP_small -1 if there is no small ground truth. pycocotools' prints are
-    swallowed.
+    Returns the first ``stats`` of ``COCOeval.stats`` (AP, AP50, AP75, AP_small, AP_medium,
+    AP_large; COCO's -1 = "no ground truth in that range" is kept). ``max_detections``
+    replaces COCO's 100 detections per image (for images holding more objects than that);
+    ``image_ids`` restricts the evaluation to those images. Without any detection every AP is
+    0 (``loadRes`` cannot load an empty list), a size range -1 if it has no ground truth.
+    pycocotools' prints are swallowed.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     gt = _quiet(COCO, str(annotation_file))
+    names = STAT_NAMES[:stats]
+    keep = None if image_ids is None else set(image_ids)
+    if keep is not None:
+        results = [r for r in results if r["image_id"] in keep]
     if not results:
-        small_area = 32.0**2
-        has_small = any(a["area"] < small_area for a in gt.dataset["annotations"])
-        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AP_small": 0.0 if has_small else -1.0}
+        ranges = {
+            "AP_small": (0, 32.0**2),
+            "AP_medium": (32.0**2, 96.0**2),
+            "AP_large": (96.0**2, 1e10),
+        }
+        annotations = [
+            a for a in gt.dataset["annotations"] if keep is None or a["image_id"] in keep
+        ]
+        out = {}
+        for name in names:
+            lo, hi = ranges.get(name, (0, 1e10))
+            out[name] = 0.0 if any(lo <= a["area"] < hi for a in annotations) else -1.0
+        return out
     dt = _quiet(gt.loadRes, results)
     evaluator = COCOeval(gt, dt, "bbox")
+    if max_detections is not None:
+        evaluator.params.maxDets = [1, 10, int(max_detections)]
+    if keep is not None:
+        evaluator.params.imgIds = sorted(keep)
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = [float(s) for s in evaluator.stats[:4]]
-    return dict(zip(("AP", "AP50", "AP75", "AP_small"), stats, strict=True))
+    if max_detections is None:
+        values = [float(s) for s in evaluator.stats[:stats]]
+    else:  # summarize() reads AP at 100 detections whatever maxDets holds: read it ourselves
+        values = [_precision_mean(evaluator, name) for name in names]
+    return dict(zip(names, values, strict=True))
+
+
+def _precision_mean(evaluator, name: str) -> float:
+    """COCOeval.summarize's AP number ``name`` at the largest ``maxDets``."""
+    params = evaluator.params
+    precision = evaluator.eval["precision"]  # (T iou, R recall, K cats, A areas, M maxDets)
+    area = {"AP_small": "small", "AP_medium": "medium", "AP_large": "large"}.get(name, "all")
+    a = params.areaRngLbl.index(area)
+    if name in ("AP50", "AP75"):
+        t = np.where(np.isclose(params.iouThrs, 0.5 if name == "AP50" else 0.75))[0]
+        values = precision[t, :, :, a, -1]
+    else:
+        values = precision[:, :, :, a, -1]
+    values = values[values > -1]
+    return float(np.mean(values)) if values.size else -1.0
 
 
 def gradient_norm_histogram(logits: Tensor, labels: Tensor, bins: int = 30) -> dict:

@@ -55,21 +55,29 @@ Losses, all normalised by the number of positive anchors in the batch (RetinaNet
   ``wiou`` (Wise-IoU v3 through ``fk.WIoULoss``, so its running mean of ``1 - IoU`` is state
   of the run's criterion, updated before each training step's loss): decoded boxes as above,
   ``normalizer=num_pos``, loss weight 1. Wise-IoU's momentum follows the authors' rule
-  ``m = 1 - 0.05^(1 / (n t))`` (:func:`focalkit.wiou_momentum`) with ``n t`` = half the
-  training steps (``n`` batches per epoch times ``t``, the epoch where mAP stops rising
-  quickly, taken as half of training): their default ``n t = 890 * 34`` would leave the
-  mean at its start, 1.0, for a run of a few hundred steps.
+  ``m = 1 - 0.05^(1 / (n t))`` (:func:`focalkit.wiou_momentum`) with ``n t`` = ``min_steps``
+  (``n`` batches per epoch times ``t``, the epoch where mAP stops rising quickly, taken as
+  the shortest run the plateau rule allows): their default ``n t = 890 * 34`` would leave
+  the mean at its start, 1.0, for a run of a few hundred steps.
 
-Optimisation: AdamW (lr ``lr``, weight decay ``weight_decay``), linear warm-up then cosine
-decay to 0, ``steps`` steps of ``batch_size`` images; the last model is evaluated (the test set
-chooses nothing). AdamW rather than RetinaNet's SGD: it trains the tiny network in a few hundred
-CPU steps and is insensitive to the loss scale, which differs by orders of magnitude between
-BCE (every negative counts) and focal loss; the same optimiser is used for every loss.
+Optimisation (:mod:`.train`): AdamW (lr ``lr``, weight decay ``weight_decay``), a linear
+warm-up over ``warmup_steps`` then a constant learning rate, and an exponential moving average
+of the weights (``ema_decay``). Every loss trains until its validation AP stops improving
+(:class:`focalkit.demo.plateau.PlateauRule`: COCO AP of the EMA weights on the validation
+split every ``eval_every`` steps; stop after ``patience`` evaluations without a gain of
+``min_delta``, not before ``min_steps``, at ``max_steps`` at the latest); the EMA weights of the
+best validation evaluation are tested. The validation split is carved from the training
+stream (scenes ``num_train .. num_train + num_val - 1`` of the training seed), never the test
+set. AdamW rather than RetinaNet's SGD: it trains the tiny network in a few hundred CPU steps
+and is insensitive to the loss scale, which differs by orders of magnitude between BCE (every
+negative counts) and focal loss; the same optimiser is used for every loss.
 
 Inference: sigmoid scores > 0.05, the ``pre_nms_topk`` best (anchor, class) pairs per level,
 decode, per-class NMS at IoU 0.5, at most 100 detections per image.
 
-Record (:func:`run_detection`): ``metrics`` (COCOeval stats 0-3), ``curve`` (training losses,
+Record (:func:`run_detection`): ``metrics`` (COCOeval stats 0-3 on the test split, of the
+kept model), ``validation`` (the validation AP at every evaluation, the best one's step and
+value, where and why the run stopped), ``steps`` (steps trained), ``curve`` (training losses,
 each point the mean over its window of steps), ``anchors`` (measured on the train split, incl.
 the best-anchor positives), ``grad_norm_hist`` (``|sigmoid(x) - y|`` of every valid
 (anchor, class) pair of the test split, 30 bins), ``cumulative_loss`` (Fig. 4 of the focal
@@ -82,10 +90,9 @@ to ``workdir``) and ``time_s`` (the whole call).
 
 from __future__ import annotations
 
-import math
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -94,6 +101,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..plateau import PlateauRule
 from .boxes import assign_targets, decode_boxes, encode_boxes, grid_anchors
 from .data import (
     CLASS_NAMES,
@@ -106,6 +114,7 @@ from .data import (
 )
 from .evaluate import coco_evaluate, cumulative_loss, gradient_norm_histogram, postprocess
 from .model import TinyRetinaNet
+from .train import train_with_plateau
 
 __all__ = [
     "BOX_LOSSES",
@@ -138,7 +147,6 @@ DEFAULT_CLS, DEFAULT_BOX = "focal", "smooth_l1"  # the RetinaNet default
 STRIDES = (8, 16)  # feature levels of TinyRetinaNet (P3, P4)
 IGNORE = -100
 NUM_CLASSES = len(CLASS_NAMES)
-CURVE_POINTS = 50
 _ASSIGN_CHUNK = 64  # images per assignment call (the IoU tensor is chunk x A x G)
 
 # (alpha, gamma) of the sigmoid-focal family
@@ -152,13 +160,14 @@ class DetectionSetting:
 
     preset: str
     # data
-    image_size: int = 160
+    image_size: int = 96
     num_train: int = 256
+    num_val: int = 48  # carved from the training stream (scenes after the training ones)
     num_test: int = 100
     min_objects: int = 2
-    max_objects: int = 5
-    min_size: float = 6.0
-    max_size: float = 44.0
+    max_objects: int = 4
+    min_size: float = 8.0
+    max_size: float = 32.0
     train_seed: int = 1001
     test_seed: int = 2002
     # anchors and assignment (sizes at level l: anchor_base[l] * scale, for each ratio h/w)
@@ -168,15 +177,20 @@ class DetectionSetting:
     fg_iou: float = 0.5
     bg_iou: float = 0.4
     # model
-    width: int = 32
-    head_width: int = 64
+    width: int = 16
+    head_width: int = 32
     head_convs: int = 1
-    # optimisation (identical for every loss)
-    steps: int = 400
+    # optimisation (identical for every loss) and the plateau rule on validation AP
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 4e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 40
+    ema_decay: float = 0.99
+    eval_every: int = 100
+    patience: int = 3
+    min_delta: float = 0.005
+    min_steps: int = 400
+    max_steps: int = 3000
     # box coding and loss weights
     box_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     smooth_l1_beta: float = 1 / 9
@@ -193,32 +207,61 @@ class DetectionSetting:
     cpu_threads: int = 1
 
     def scene_spec(self, split: str) -> SceneSpec:
-        if split not in ("train", "test"):
-            raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
-        train = split == "train"
+        """``"train"``, ``"val"`` (the training stream's next ``num_val`` scenes) or
+        ``"test"`` (another seed)."""
+        counts = {"train": self.num_train, "val": self.num_val, "test": self.num_test}
+        if split not in counts:
+            raise ValueError(f"split: expected 'train', 'val' or 'test', got {split!r}")
         return SceneSpec(
             image_size=self.image_size,
-            num_images=self.num_train if train else self.num_test,
+            num_images=counts[split],
             min_objects=self.min_objects,
             max_objects=self.max_objects,
             min_size=self.min_size,
             max_size=self.max_size,
-            seed=self.train_seed if train else self.test_seed,
+            seed=self.test_seed if split == "test" else self.train_seed,
+            offset=self.num_train if split == "val" else 0,
+        )
+
+    def plateau_rule(self) -> PlateauRule:
+        return PlateauRule(
+            eval_every=self.eval_every,
+            patience=self.patience,
+            min_delta=self.min_delta,
+            min_steps=self.min_steps,
+            max_steps=self.max_steps,
         )
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"num_train": 64, "num_test": 24, "steps": 40, "warmup_steps": 5},
+    "quick": {
+        "num_train": 64,
+        "num_val": 16,
+        "image_size": 64,
+        "num_test": 24,
+        "warmup_steps": 5,
+        "eval_every": 20,
+        "patience": 1,
+        "min_steps": 20,
+        "max_steps": 40,
+    },
     "default": {},
     "full": {
         "image_size": 256,
+        "min_size": 6.0,
+        "max_size": 44.0,
+        "lr": 2e-3,
         "num_train": 2000,
         "num_test": 500,
         "max_objects": 10,
         "width": 64,
         "head_width": 128,
         "head_convs": 2,
-        "steps": 3000,
+        "max_steps": 12000,
+        "min_steps": 2000,
+        "eval_every": 250,
+        "patience": 4,
+        "num_val": 200,
         "batch_size": 16,
         "warmup_steps": 200,
         "pre_nms_topk": 1000,
@@ -280,12 +323,24 @@ class _Targets:
     deltas: Tensor  # (N, A, 4) encoded matched gt box (0 where not positive)
 
 
-def _targets(scenes: SceneSet, anchors: Tensor, setting: DetectionSetting) -> _Targets:
+def _targets(scenes: SceneSet, anchors: Tensor, setting: Any) -> _Targets:
     """Assignment of every image of a split, in chunks of images padded to a common ``G``."""
+    return assign_boxes(scenes.boxes, scenes.labels, anchors, setting, NUM_CLASSES)
+
+
+def assign_boxes(
+    all_gt_boxes: Sequence[np.ndarray],
+    all_gt_labels: Sequence[np.ndarray],
+    anchors: Tensor,
+    setting: Any,
+    num_classes: int,
+) -> _Targets:
+    """RetinaNet targets of images with the same anchors (``setting``'s IoU thresholds and box
+    weights), in chunks of images padded to a common number of boxes."""
     labels, boxes = [], []
-    for start in range(0, len(scenes.boxes), _ASSIGN_CHUNK):
-        gt_boxes = scenes.boxes[start : start + _ASSIGN_CHUNK]
-        gt_labels = scenes.labels[start : start + _ASSIGN_CHUNK]
+    for start in range(0, len(all_gt_boxes), _ASSIGN_CHUNK):
+        gt_boxes = all_gt_boxes[start : start + _ASSIGN_CHUNK]
+        gt_labels = all_gt_labels[start : start + _ASSIGN_CHUNK]
         g = max(1, *(len(b) for b in gt_boxes))
         padded_boxes = torch.zeros(len(gt_boxes), g, 4)
         padded_labels = torch.full((len(gt_boxes), g), -1, dtype=torch.long)
@@ -296,19 +351,19 @@ def _targets(scenes: SceneSet, anchors: Tensor, setting: DetectionSetting) -> _T
             anchors,
             padded_boxes,
             padded_labels,
-            NUM_CLASSES,
+            num_classes,
             fg_iou=setting.fg_iou,
             bg_iou=setting.bg_iou,
             ignore_index=IGNORE,
         )
-        positive = (assignment.labels >= 0) & (assignment.labels < NUM_CLASSES)
+        positive = (assignment.labels >= 0) & (assignment.labels < num_classes)
         index = assignment.matched[..., None].expand(-1, -1, 4)
         matched = padded_boxes.gather(1, index)  # (n, A, 4)
         boxes.append(torch.where(positive[..., None], matched, 0.0))
         labels.append(assignment.labels)
     all_boxes = torch.cat(boxes)
     all_labels = torch.cat(labels)
-    positive = (all_labels >= 0) & (all_labels < NUM_CLASSES)
+    positive = (all_labels >= 0) & (all_labels < num_classes)
     deltas = torch.zeros_like(all_boxes)
     deltas[positive] = encode_boxes(
         all_boxes[positive], anchors.expand_as(all_boxes)[positive], setting.box_weights
@@ -323,9 +378,9 @@ def anchor_statistics(setting: DetectionSetting) -> dict:
     return _anchor_stats(targets.labels)
 
 
-def _anchor_stats(labels: Tensor) -> dict:
-    fg = float(((labels >= 0) & (labels < NUM_CLASSES)).sum(dim=1).double().mean())
-    bg = float((labels == NUM_CLASSES).sum(dim=1).double().mean())
+def _anchor_stats(labels: Tensor, num_classes: int = NUM_CLASSES) -> dict:
+    fg = float(((labels >= 0) & (labels < num_classes)).sum(dim=1).double().mean())
+    bg = float((labels == num_classes).sum(dim=1).double().mean())
     return {
         "num_anchors": int(labels.shape[1]),
         "fg_per_image": fg,
@@ -349,16 +404,19 @@ def _check_losses(cls_loss: str, box_loss: str) -> None:
 class _Criterion(nn.Module):
     """The (classification, box) loss pair of one run; GHM Modules keep their EMA here."""
 
-    def __init__(self, cls_loss: str, box_loss: str, setting: DetectionSetting) -> None:
+    def __init__(
+        self, cls_loss: str, box_loss: str, setting: Any, num_classes: int = NUM_CLASSES
+    ) -> None:
         super().__init__()
         import focalkit as fk
 
         _check_losses(cls_loss, box_loss)
         self.cls_loss, self.box_loss, self.setting = cls_loss, box_loss, setting
+        self.num_classes = num_classes
         self.ghmc = fk.GHMCLoss(bins=30, momentum=0.75) if cls_loss == "ghmc" else None
         self.ghmr = fk.GHMRLoss(mu=0.02, bins=10, momentum=0.7) if box_loss == "ghmr" else None
-        # Wise-IoU v3 keeps its running mean of 1 - IoU as Module state; n t = half the steps
-        momentum = fk.wiou_momentum(1, max(1, setting.steps // 2))
+        # Wise-IoU v3 keeps its running mean of 1 - IoU as Module state; n t = min_steps
+        momentum = fk.wiou_momentum(1, max(1, setting.min_steps))
         self.wiou = fk.WIoULoss(version=3, momentum=momentum) if box_loss == "wiou" else None
 
     def forward(
@@ -366,9 +424,10 @@ class _Criterion(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         import focalkit as fk
 
+        num_classes = self.num_classes
         labels = targets.labels.reshape(-1)
-        flat_logits = logits.reshape(-1, NUM_CLASSES)
-        positive = (labels >= 0) & (labels < NUM_CLASSES)
+        flat_logits = logits.reshape(-1, num_classes)
+        positive = (labels >= 0) & (labels < num_classes)
         num_pos = positive.sum()
         if self.ghmc is not None:
             loss_cls = self.ghmc(flat_logits, labels)
@@ -417,7 +476,7 @@ class _Criterion(nn.Module):
 
 @torch.no_grad()
 def _positive_ious(
-    deltas: Tensor, anchors: Tensor, targets: _Targets, positive: Tensor, setting: DetectionSetting
+    deltas: Tensor, anchors: Tensor, targets: _Targets, positive: Tensor, setting: Any
 ) -> Tensor:
     """``(N * A,)``: at each positive anchor the IoU of its decoded box with its ground truth
     (a constant of the classification loss, as in the GFL and VFNet heads), 0 elsewhere."""
@@ -444,72 +503,15 @@ def _to_input(images: np.ndarray, device: torch.device) -> Tensor:
     return ((x / 255.0 - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
 
 
-def _lr_factor(step: int, setting: DetectionSetting) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``steps``."""
-    if step < setting.warmup_steps:
-        return (step + 1) / setting.warmup_steps
-    progress = (step - setting.warmup_steps) / max(1, setting.steps - setting.warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def _annotation_files(setting: DetectionSetting, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
     paths = {}
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         spec = setting.scene_spec(split)
         path = workdir / f"scenes-{spec.key()}" / f"{split}.json"
         if not path.exists():
             write_coco(path, coco_dict(spec, load_scenes(spec), split))
         paths[split] = path
     return paths
-
-
-def _train(
-    model: nn.Module,
-    criterion: _Criterion,
-    scenes: SceneSet,
-    targets: _Targets,
-    anchors: Tensor,
-    setting: DetectionSetting,
-    seed: int,
-    progress: Callable[[int, int], object] | None,
-) -> dict:
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=setting.lr, weight_decay=setting.weight_decay
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, setting))
-    order = torch.Generator().manual_seed(seed)
-    num_images = scenes.images.shape[0]
-    permutation, cursor = torch.randperm(num_images, generator=order), 0
-    every = max(1, math.ceil(setting.steps / CURVE_POINTS))
-    curve: dict[str, list] = {"step": [], "loss_cls": [], "loss_box": []}
-    window_cls, window_box = [], []
-    model.train()
-    criterion.train()
-    for step in range(setting.steps):
-        if cursor + setting.batch_size > num_images:
-            permutation, cursor = torch.randperm(num_images, generator=order), 0
-        index = permutation[cursor : cursor + setting.batch_size]
-        cursor += setting.batch_size
-        on_device = index.to(anchors.device)
-        batch = _Targets(
-            targets.labels[on_device], targets.boxes[on_device], targets.deltas[on_device]
-        )
-        logits, deltas = model(_to_input(scenes.images[index.numpy()], anchors.device))
-        loss_cls, loss_box = criterion(logits, deltas, anchors, batch)
-        optimizer.zero_grad(set_to_none=True)
-        (loss_cls + loss_box).backward()
-        optimizer.step()
-        schedule.step()
-        window_cls.append(float(loss_cls.detach()))
-        window_box.append(float(loss_box.detach()))
-        if (step + 1) % every == 0 or step + 1 == setting.steps:
-            curve["step"].append(step + 1)
-            curve["loss_cls"].append(float(np.mean(window_cls)))
-            curve["loss_box"].append(float(np.mean(window_box)))
-            window_cls, window_box = [], []
-        if progress is not None:
-            progress(step + 1, setting.steps)
-    return curve
 
 
 @torch.no_grad()
@@ -631,6 +633,7 @@ def run_detection(
         train_targets = _targets(train, anchors, setting)
         test_targets = _targets(test, anchors, setting)
 
+        val = load_scenes(setting.scene_spec("val"))
         torch.manual_seed(seed)
         model = TinyRetinaNet(
             NUM_CLASSES,
@@ -642,12 +645,51 @@ def run_detection(
         criterion = _Criterion(cls_loss, box_loss, setting)
         model.to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]  # ~20 % faster convolutions on CPU
         criterion.to(dev)
+        dev_anchors = anchors.to(dev)
         dev_targets = _Targets(
             *(t.to(dev) for t in (train_targets.labels, train_targets.boxes, train_targets.deltas))
         )
-        curve = _train(
-            model, criterion, train, dev_targets, anchors.to(dev), setting, seed, progress
+        order = torch.Generator().manual_seed(seed)
+        num_images = train.images.shape[0]
+        state: dict[str, Any] = {
+            "permutation": torch.randperm(num_images, generator=order),
+            "cursor": 0,
+        }
+
+        def loss_fn(net: nn.Module, step: int) -> tuple[Tensor, Tensor]:
+            if state["cursor"] + setting.batch_size > num_images:
+                state["permutation"], state["cursor"] = (
+                    torch.randperm(num_images, generator=order),
+                    0,
+                )
+            index = state["permutation"][state["cursor"] : state["cursor"] + setting.batch_size]
+            state["cursor"] += setting.batch_size
+            on_device = index.to(dev)
+            batch = _Targets(
+                dev_targets.labels[on_device],
+                dev_targets.boxes[on_device],
+                dev_targets.deltas[on_device],
+            )
+            logits, deltas = net(_to_input(train.images[index.numpy()], dev))
+            return criterion(logits, deltas, dev_anchors, batch)
+
+        def validate(net: nn.Module) -> float:
+            logits, deltas = _predict(net, val)
+            found = _detections(logits, deltas, anchors, level_sizes, setting)
+            return coco_evaluate(files["val"], _coco_results(found))["AP"]
+
+        result = train_with_plateau(
+            model,
+            loss_fn,
+            validate,
+            setting.plateau_rule(),
+            lr=setting.lr,
+            weight_decay=setting.weight_decay,
+            warmup_steps=setting.warmup_steps,
+            ema_decay=setting.ema_decay,
+            progress=progress,
         )
+        model.load_state_dict(result.best_state)
 
         logits, deltas = _predict(model, test)
         detections = _detections(logits, deltas, anchors, level_sizes, setting)
@@ -659,7 +701,9 @@ def run_detection(
             "seed": seed,
             "setting": _record_setting(setting),
             "metrics": metrics,
-            "curve": curve,
+            "validation": result.validation,
+            "steps": result.steps,
+            "curve": result.curve,
             "anchors": _anchor_stats(train_targets.labels),
             "grad_norm_hist": gradient_norm_histogram(logits, test_targets.labels),
             "cumulative_loss": cumulative_loss(logits, test_targets.labels),
