@@ -28,8 +28,20 @@ $(BIN)/.focalkit-installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[all,dev]"
 	touch $@
 
-demo: $(BIN)/.focalkit-installed
-	$(BIN)/focalkit demo $(ARGS)
+# The demo's set-up installs what the demo needs and nothing of the test tools; its real-image
+# study reads NEON photographs from the deepforest wheel, which focalkit fetches with the
+# venv's pip on first use and keeps in .cache/focalkit (FOCALKIT_DATA_DIR).
+DEMO_DATA ?= $(abspath .cache/focalkit)
+
+$(BIN)/.focalkit-demo-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet -e ".[all]"
+	touch $@
+
+demo: $(BIN)/.focalkit-demo-installed
+	FOCALKIT_DATA_DIR=$(DEMO_DATA) $(BIN)/focalkit demo $(ARGS)
 
 figure: $(BIN)/.focalkit-installed
 	$(BIN)/focalkit plot focal-curves $(ARGS)
@@ -70,5 +82,5 @@ bench: $(BIN)/.focalkit-installed
 # clean: what set-up, builds and test runs leave behind (the egg-info of `pip install -e .`
 # sits under src/); the demo's report directory is output, not clutter, and stays.
 clean:
-	rm -rf $(VENV) $(STACKS_VENV) build dist src/*.egg-info *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(STACKS_VENV) .cache build dist src/*.egg-info *.egg-info .pytest_cache .ruff_cache .mypy_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -97,7 +97,9 @@ def test_split_has_requested_ratio_and_balanced_test(ratio):
     split = long_tailed_split(setting, seed=0)
     counts = split.train_counts
     assert counts == sorted(counts, reverse=True)
-    assert counts[0] / counts[-1] == pytest.approx(ratio, rel=0.1)  # rounding of n_min
+    # n_max r^(-c/(C-1)) rounded: the rarest class is round(n_max / ratio)
+    assert counts == long_tailed_sizes(counts[0], ratio, 10)
+    assert counts[-1] == round(counts[0] / ratio)
     assert split.imbalance_ratio == pytest.approx(counts[0] / counts[-1])
     assert split.test_counts == [setting.test_per_class] * 10
     assert np.bincount(split.y_test, minlength=10).tolist() == split.test_counts
@@ -106,13 +108,16 @@ def test_split_has_requested_ratio_and_balanced_test(ratio):
 
 
 def test_default_ratio_is_the_largest_the_data_allows():
-    """n_max is the smallest class's count left after the test split (174 - 30 for digit 8)
-    and the rarest class keeps min_per_class images."""
+    """n_max is the smallest class's count left after the test and validation splits
+    (174 - 30 - 10 for digit 8) and the rarest class keeps min_per_class images; the
+    validation split is balanced and disjoint from the other two."""
     setting = classification_setting("default")
     split = long_tailed_split(setting)
-    assert split.train_counts[0] == 174 - setting.test_per_class
+    assert split.train_counts[0] == 174 - setting.test_per_class - setting.val_per_class
     assert split.train_counts[-1] == setting.min_per_class
-    assert split.imbalance_ratio == pytest.approx(144 / 2)
+    assert split.imbalance_ratio == pytest.approx(134 / 2)
+    assert np.bincount(split.y_val, minlength=10).tolist() == [setting.val_per_class] * 10
+    assert not set(split.val_index) & (set(split.train_index) | set(split.test_index))
     too_much = dataclasses.replace(setting, imbalance_ratio=200.0)
     with pytest.raises(ValueError, match="imbalance_ratio"):
         long_tailed_split(too_much)
@@ -159,14 +164,19 @@ def test_criteria_are_the_library_calls():
 
 @pytest.fixture(scope="module")
 def tiny():
-    return dataclasses.replace(classification_setting("quick"), steps=40, eval_every=20)
+    return dataclasses.replace(
+        classification_setting("quick"), max_steps=40, min_steps=40, eval_every=20
+    )
 
 
 @pytest.mark.parametrize("loss", CLASSIFICATION_LOSSES)
 def test_run_record(loss, tiny):
     calls = []
     record = run_classification(loss, 0, tiny, progress=lambda d, t: calls.append((d, t)))
-    assert calls[-1] == (tiny.steps, tiny.steps) and len(calls) == tiny.steps
+    assert calls[-1] == (tiny.max_steps, tiny.max_steps) and len(calls) == tiny.max_steps
+    assert record["steps"] == tiny.max_steps
+    assert record["validation"]["step"] == [20, 40]
+    assert record["val_counts"] == [tiny.val_per_class] * 10
     assert record["study"] == "classification" and record["loss"] == loss
     assert record["seed"] == 0 and record["setting"] == dataclasses.asdict(tiny)
     m = record["metrics"]

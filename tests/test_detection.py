@@ -68,12 +68,12 @@ def test_default_setting_anchor_count_and_sparsity():
     assert stats["num_anchors"] == 9 * cells
     assert stats["fg_per_image"] >= 1.0  # every image has objects and their best anchors
     assert stats["fg_bg_ratio"] == pytest.approx(stats["fg_per_image"] / stats["bg_per_image"])
-    assert stats["fg_bg_ratio"] <= 1 / 300
+    assert stats["fg_bg_ratio"] <= 1 / 100  # 96-pixel scenes: about 1 : 130
 
 
 def test_quick_setting_is_sparse_too():
     stats = det.anchor_statistics(det.detection_setting("quick"))
-    assert stats["fg_bg_ratio"] <= 1 / 250
+    assert stats["fg_bg_ratio"] <= 1 / 40  # 64-pixel scenes
 
 
 # --- assignment ---------------------------------------------------------------------------
@@ -238,7 +238,9 @@ def test_render_scene_is_the_scene_used():
     image = det.render_scene(setting, "test", 2)
     assert np.array_equal(image, load_scenes(setting.scene_spec("test")).images[2])
     with pytest.raises(ValueError, match="split"):
-        det.render_scene(setting, "val", 0)
+        det.render_scene(setting, "holdout", 0)
+    # the validation split is its own stream of scenes, not the test one
+    assert not np.array_equal(det.render_scene(setting, "val", 2), image)
 
 
 def test_default_objects_are_mostly_coco_small():
@@ -314,7 +316,8 @@ def test_runs_and_presets():
     assert {c for c, b in runs if b == det.DEFAULT_BOX} == set(det.CLS_LOSSES)
     assert {b for c, b in runs if c == det.DEFAULT_CLS} == set(det.BOX_LOSSES)
     quick, default, full = (det.detection_setting(p) for p in ("quick", "default", "full"))
-    assert quick.steps < default.steps < full.steps
+    assert quick.max_steps < default.max_steps < full.max_steps
+    assert quick.min_steps < default.min_steps < full.min_steps
     with pytest.raises(ValueError, match="preset"):
         det.detection_setting("huge")
     with pytest.raises(ValueError, match="cls_loss"):
@@ -323,14 +326,14 @@ def test_runs_and_presets():
 
 def test_box_criteria_of_the_iou_family():
     """siou, inner_ciou and wiou are in the sweep; wiou's criterion holds a WIoULoss (v3) whose
-    running mean is state of the run (momentum from n t = half the steps)."""
+    running mean is state of the run (momentum from n t = the shortest run, min_steps)."""
     import focalkit as fk
 
     assert {"siou", "wiou", "inner_ciou"} <= set(det.BOX_LOSSES)
     quick = det.detection_setting("quick")
     crit = det._Criterion("focal", "wiou", quick)
     assert isinstance(crit.wiou, fk.WIoULoss) and crit.wiou.version == 3
-    assert crit.wiou.momentum == fk.wiou_momentum(1, quick.steps // 2)
+    assert crit.wiou.momentum == fk.wiou_momentum(1, quick.min_steps)
     assert "wiou.iou_mean" in crit.state_dict()
     assert det._Criterion("focal", "siou", quick).wiou is None
 
@@ -355,17 +358,25 @@ def test_quick_run_record(quick_record):
     setting = det.detection_setting("quick")
     text = json.dumps(record)  # plain JSON types only
     assert json.loads(text)["cls_loss"] == "focal"
-    assert calls == [(i, setting.steps) for i in range(1, setting.steps + 1)]
+    steps = record["steps"]
+    assert setting.min_steps <= steps <= setting.max_steps
+    assert [done for done, _ in calls] == list(range(1, steps + 1))
+    assert all(total == setting.max_steps for _, total in calls[:-1])
+    assert calls[-1][1] in (steps, setting.max_steps)
+    validation = record["validation"]
+    assert validation["step"] == list(range(setting.eval_every, steps + 1, setting.eval_every))
+    assert validation["best_value"] == max(validation["value"])
+    assert validation["reason"] in ("plateau", "cap") and validation["stopped_at"] == steps
     for name in ("AP", "AP50", "AP75", "AP_small"):
         value = record["metrics"][name]
         assert value == -1.0 or 0.0 <= value <= 1.0
     assert (workdir / record["annotations"]).is_file()
     assert record["annotations"].endswith("test.json")
     curve = record["curve"]
-    assert 0 < len(curve["step"]) <= 50 and curve["step"][-1] == setting.steps
+    assert 0 < len(curve["step"]) <= 51 and curve["step"][-1] == steps
     assert all(math.isfinite(v) for v in curve["loss_cls"] + curve["loss_box"])
     assert curve["loss_cls"][-1] < curve["loss_cls"][0]  # it learns something
-    assert record["anchors"]["fg_bg_ratio"] < 1 / 250
+    assert record["anchors"]["fg_bg_ratio"] < 1 / 40
     hist = record["grad_norm_hist"]
     assert len(hist["counts"]) == 30 and hist["edges"][0] == 0.0 and hist["edges"][-1] == 1.0
     valid = sum(hist["counts"])

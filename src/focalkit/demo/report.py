@@ -890,6 +890,9 @@ def _detection_section(runs: list[dict], out_dir: Path, fig_dir: Path) -> list[s
     return lines
 
 
+# below this test AP50 for every run, Study 3's detectors have not learned the task and the
+# report draws no comparison from them
+TREES_LEARNED_AP50 = 0.2
 TREE_METRICS = (
     ("AP", "AP", True),
     ("AP50", "AP50", True),
@@ -973,15 +976,35 @@ def _trees_section(results: dict, runs: list[dict], out_dir: Path, fig_dir: Path
             "torchvision imports.",
             "",
         ]
-    lines += [*_table(groups, TREE_METRICS, "run"), "", "What the numbers say:", ""]
+    lines += [*_table(groups, TREE_METRICS, "run"), ""]
     names = list(groups)
-    base = next((n for n in names if n.startswith("focal-smooth_l1")), None)
-    if base is not None:
-        for name in names:
-            if name != base:
-                lines.append("- " + compare("AP", name, groups[name], base, groups[base], "AP"))
-    lines.append("")
-    lines += _budget_section(groups, (200, 400, 800), "AP", "run")
+    best_ap50 = max(float(r["metrics"].get("AP50", 0.0)) for r in runs)
+    best_val = max(float((r.get("validation") or {}).get("best_value", 0.0)) for r in runs)
+    if best_ap50 < TREES_LEARNED_AP50:
+        # a comparison of detectors that have not learned the task says nothing about the
+        # losses: say so instead of ranking noise
+        lines += [
+            f"**No run learned the task at this budget.** The best test AP50 of any run is "
+            f"{best_ap50:.3f} and the best validation AP {best_val:.3f}; a detector that finds "
+            "most crowns scores AP50 well above 0.5 on these tiles (the ground truth scores "
+            f"1.0), and below {TREES_LEARNED_AP50:g} AP50 the differences between rows are of "
+            "the size of the run-to-run noise (the validation curves below move by as much "
+            "between evaluations). These rows show that the real-data pipeline works end to "
+            "end (reading the wheel, crops, training, COCOeval, drawing), not how the losses "
+            "compare: no ranking is drawn from them. The tiny detector trained from scratch "
+            "needs many more steps than the default run's CPU budget on this data, which "
+            "`focalkit demo --full` gives it (above).",
+            "",
+        ]
+    else:
+        lines += ["What the numbers say:", ""]
+        base = next((n for n in names if n.startswith("focal-smooth_l1")), None)
+        if base is not None:
+            for name in names:
+                if name != base:
+                    lines.append("- " + compare("AP", name, groups[name], base, groups[base], "AP"))
+        lines.append("")
+        lines += _budget_section(groups, (200, 400, 800), "AP", "run")
     path = _try_figure(
         "trees validation",
         lambda: plots.plot_validation_curves(
