@@ -61,7 +61,7 @@ $(STACKS_BIN)/.focalkit-installed: pyproject.toml
 	$(PYTHON) -m venv $(STACKS_VENV)
 	$(STACKS_BIN)/pip install --quiet --upgrade pip
 	$(STACKS_BIN)/pip install --quiet $(STACKS_PINS)
-	$(STACKS_BIN)/pip install --quiet -e ".[torchvision,ultralytics]" "pytest>=8" "pytest-xdist>=3" "hypothesis>=6.100"
+	$(STACKS_BIN)/pip install --quiet -e ".[torchvision,ultralytics]" "pycocotools>=2.0.7" "pytest>=8" "pytest-xdist>=3" "hypothesis>=6.100"
 	touch $@
 
 stacks-env: $(STACKS_BIN)/.focalkit-installed
