@@ -85,6 +85,10 @@ def test_rule_checks_its_arguments():
 # --------------------------------------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _records(out: Path) -> list[Path]:
     return sorted((out / "runs").rglob("*.json")) if (out / "runs").exists() else []
 
@@ -118,6 +122,9 @@ def test_interrupted_parallel_demo_keeps_finished_records_and_resumes(tmp_path):
         text=True,
         env=env,
         start_new_session=True,
+        # a shell starts background jobs with SIGINT ignored, and a process that starts with
+        # it ignored never sees Ctrl-C: give the demo the disposition of a terminal's command
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 240
     while len(_records(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
