@@ -568,32 +568,10 @@ def _ghm_lines(
 def _detection_names():
     from focalkit._optional import optional_import
 
+    from .detection import BOX_LOSSES, CLS_LOSSES, DEFAULT_BOX, DEFAULT_CLS
+
     detection, _ = optional_import("focalkit.demo.detection.study")
-    if detection is None:
-        return (
-            None,
-            ("bce", "alpha_bce", "focal", "ghmc", "qfl", "vfl"),
-            (
-                "smooth_l1",
-                "giou",
-                "ciou",
-                "eiou",
-                "focal_eiou",
-                "ghmr",
-                "siou",
-                "wiou",
-                "inner_ciou",
-            ),
-            "focal",
-            "smooth_l1",
-        )
-    return (
-        detection,
-        detection.CLS_LOSSES,
-        detection.BOX_LOSSES,
-        detection.DEFAULT_CLS,
-        detection.DEFAULT_BOX,
-    )
+    return detection, CLS_LOSSES, BOX_LOSSES, DEFAULT_CLS, DEFAULT_BOX
 
 
 def _setting_object(detection, setting: dict):

@@ -102,6 +102,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..plateau import PlateauRule
+from . import BOX_LOSSES, CLS_LOSSES, DEFAULT_BOX, DEFAULT_CLS
 from .boxes import assign_targets, decode_boxes, encode_boxes, grid_anchors
 from .data import (
     CLASS_NAMES,
@@ -131,19 +132,6 @@ __all__ = [
     "run_detection",
 ]
 
-CLS_LOSSES = ("bce", "alpha_bce", "focal", "ghmc", "qfl", "vfl")
-BOX_LOSSES = (
-    "smooth_l1",
-    "giou",
-    "ciou",
-    "eiou",
-    "focal_eiou",
-    "ghmr",
-    "siou",
-    "wiou",
-    "inner_ciou",
-)
-DEFAULT_CLS, DEFAULT_BOX = "focal", "smooth_l1"  # the RetinaNet default
 STRIDES = (8, 16)  # feature levels of TinyRetinaNet (P3, P4)
 IGNORE = -100
 NUM_CLASSES = len(CLASS_NAMES)
