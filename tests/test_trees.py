@@ -13,6 +13,8 @@ import pytest
 pytest.importorskip("PIL")
 pytest.importorskip("pycocotools")
 
+import itertools
+
 from focalkit.demo.detection import neon, trees
 
 COUNTS = {
@@ -69,23 +71,116 @@ def test_boxes_read_back_equal_the_annotation_files(wheel):
 
 
 def test_splits_and_coco_ground_truth(wheel, tmp_path):
-    """The split is the documented one; the COCO json written for evaluation holds the XML's
-    boxes as (x, y, w, h) and loads in pycocotools."""
+    """The split is the documented one: the Yellowstone tiles' columns 0-60 % / 60-80 % /
+    80-100 % for train / val / test, the other sites' whole images for the transfer test.
+    Every crown is in exactly one strip, the one holding its box's centre (951 in all), with
+    its box shifted to the strip and clipped at its edge; the COCO json written for evaluation
+    holds those boxes as (x, y, w, h) and loads in pycocotools."""
     from pycocotools.coco import COCO
 
-    assert [t.name for t in neon.split_tiles(wheel, "test")] == ["OSBS_029", "SOAP_061"]
-    assert [t.site for t in neon.split_tiles(wheel, "train")] == ["YELL"]
+    assert [t.name for t in neon.split_tiles(wheel, "transfer")] == ["OSBS_029", "SOAP_061"]
+    assert {t.site for s in ("train", "val", "test") for t in neon.split_tiles(wheel, s)} == {
+        "YELL"
+    }
+    total = 0
+    for name in neon.YELL_TILES:
+        tile = neon.read_tile(wheel, name)
+        width = tile.size[1]
+        centre = (tile.boxes[:, 0] + tile.boxes[:, 2]) / 2
+        columns = []
+        for split, (c0, c1) in zip(
+            ("train", "val", "test"),
+            (
+                (0, round(0.6 * width)),
+                (round(0.6 * width), round(0.8 * width)),
+                (round(0.8 * width), width),
+            ),
+            strict=True,
+        ):
+            (strip,) = [t for t in neon.split_tiles(wheel, split) if t.name.startswith(name)]
+            assert strip.name == f"{name}[{c0}:{c1}]"
+            np.testing.assert_array_equal(strip.image, tile.image[:, c0:c1])
+            inside = tile.boxes[(centre >= c0) & (centre < c1)]
+            expected = np.stack(
+                [
+                    np.clip(inside[:, 0] - c0, 0, c1 - c0),
+                    inside[:, 1],
+                    np.clip(inside[:, 2] - c0, 0, c1 - c0),
+                    inside[:, 3],
+                ],
+                axis=1,
+            )
+            np.testing.assert_allclose(strip.boxes, expected, rtol=0, atol=1e-4)
+            columns.append((c0, c1))
+            total += len(strip.boxes)
+        assert columns[0][0] == 0 and columns[-1][1] == width
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(columns))  # no gap, no overlap
+    assert total == COUNTS[neon.YELL_TILES[0]] + COUNTS[neon.YELL_TILES[1]]
     files = trees.annotation_files(wheel, tmp_path)
-    payload = json.loads(files["test"].read_text())
-    tiles = neon.split_tiles(wheel, "test")
-    for image_id, tile in enumerate(tiles, start=1):
-        mine = [a["bbox"] for a in payload["annotations"] if a["image_id"] == image_id]
-        xyxy = [[x, y, x + w, y + h] for x, y, w, h in mine]
-        np.testing.assert_allclose(xyxy, tile.boxes, rtol=0, atol=1e-4)
-    gt = COCO(str(files["val"]))
-    assert len(gt.getAnnIds()) == 279 and gt.loadImgs(1)[0]["width"] == 1249
+    for split in ("val", "test", "transfer"):
+        payload = json.loads(files[split].read_text())
+        tiles = neon.split_tiles(wheel, split)
+        for image_id, tile in enumerate(tiles, start=1):
+            mine = [a["bbox"] for a in payload["annotations"] if a["image_id"] == image_id]
+            xyxy = [[x, y, x + w, y + h] for x, y, w, h in mine]
+            np.testing.assert_allclose(xyxy, tile.boxes, rtol=0, atol=1e-4)
+        gt = COCO(str(files[split]))
+        assert len(gt.getAnnIds()) == sum(len(t.boxes) for t in tiles)
     provenance = neon.provenance(wheel)
-    assert provenance["splits"]["val"][0]["boxes"] == 279
+    assert [row["columns"] for row in provenance["splits"]["val"]] == ["60%-80%", "60%-80%"]
+    assert sum(row["boxes"] for rows in provenance["splits"].values() for row in rows) == 951
+
+
+def test_windows_cover_the_image_with_a_quarter_overlap():
+    """The tiny detector's inference windows cover every pixel, start at 0, end at the edge,
+    and step by three quarters of a window."""
+    for length in (96, 97, 128, 230, 625, 1236):
+        starts = trees._windows(length, 96)
+        assert starts[0] == 0 and starts[-1] + 96 >= length
+        covered = np.zeros(max(length, 96), bool)
+        for s in starts:
+            covered[s : s + 96] = True
+        assert covered[:length].all()
+        assert all(b - a <= 72 for a, b in itertools.pairwise(starts))
+
+
+def test_tiled_detection_equals_the_window_detections_shifted(wheel):
+    """On an image of exactly one window, the tiled inference returns the detections of that
+    window (postprocess, then NMS again: a no-op on NMS output); on a larger image every
+    returned box lies inside the image."""
+    import torch
+
+    setting = trees.trees_setting("quick")
+    torch.manual_seed(0)
+    model = trees.TinyRetinaNet(
+        1, 9, width=setting.width, head_width=setting.head_width, head_convs=setting.head_convs
+    ).eval()
+    torch.nn.init.constant_(model.cls_out.bias, 0.0)  # every anchor scores ~0.5: many boxes
+    image = neon.split_tiles(wheel, "val")[1].image[: setting.patch, : setting.patch].copy()
+    boxes, scores = trees._detect_tiny(model, image, setting)
+    anchors, sizes = trees._anchors(setting, setting.patch, setting.patch)
+    with torch.no_grad():
+        logits, deltas = model(trees._to_input(image[None], torch.device("cpu")))
+    ref_boxes, ref_scores, _ = trees.postprocess(
+        logits[0],
+        deltas[0],
+        anchors,
+        sizes,
+        image_size=setting.patch,
+        box_weights=setting.box_weights,
+        score_thresh=setting.score_thresh,
+        pre_nms_topk=setting.pre_nms_topk,
+        nms_iou=setting.nms_iou,
+        max_detections=setting.max_detections,
+    )
+    assert len(scores) > 10
+    torch.testing.assert_close(scores, ref_scores)
+    torch.testing.assert_close(boxes, ref_boxes)
+    big = neon.split_tiles(wheel, "val")[1].image[:300, :250]
+    boxes, scores = trees._detect_tiny(model, np.ascontiguousarray(big), setting)
+    assert len(scores) > 0
+    assert (boxes[:, 2] <= 250).all() and (boxes[:, 3] <= 300).all() and (boxes >= 0).all()
+    assert (scores[:-1] >= scores[1:]).all()
 
 
 def test_fetch_wheel_refuses_a_wrong_file(tmp_path):

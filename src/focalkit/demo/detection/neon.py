@@ -9,12 +9,15 @@ the Python package index, distributed under the MIT licence (``deepforest-2.1.0.
 licenses/LICENSE``, copyright 2019 Ben Weinstein). Annotations are Pascal VOC XML, one
 ``<object>`` per crown with ``<bndbox>`` ``xmin ymin xmax ymax`` in pixels of the PNG.
 
-The split (:data:`SPLITS`): two crops of Yellowstone (YELL) tiles, one to train on and the
-other, a different tile of the same site, for validation; the test images are from two other
-sites, OSBS_029 (Ordway-Swisher, Florida) and SOAP_061 (Soaproot Saddle, California), so the
-test set also measures how a detector trained at one site carries to others. SOAP_061's
-boxes are labelled ``Alive`` or ``Dead``; every box is a tree crown here (one class,
-``tree``), which is how DeepForest itself trains.
+The split (:data:`SPLITS`): the two Yellowstone (YELL) tiles, 853 crowns, are each cut into
+vertical strips by column: the left 60 % of each tile to train on, the next 20 % to validate
+on, the right 20 % to test on, so that every split holds both tiles and the training never
+sees a test crown. A crown belongs to the strip that holds its box's centre; its box is
+clipped at the strip's edge. The images of two other sites, OSBS_029 (Ordway-Swisher,
+Florida) and SOAP_061 (Soaproot Saddle, California), form a fourth split, ``"transfer"``: it
+measures how a detector trained in Yellowstone carries to other forests. SOAP_061's boxes are
+labelled ``Alive`` or ``Dead``; every box is a tree crown here (one class, ``tree``), which is
+how DeepForest itself trains.
 
 :func:`fetch_wheel` gets the wheel with pip (``pip download --no-deps deepforest==2.1.0``, the
 ordinary client, from whatever index pip is configured with), checks its SHA-256 and keeps it
@@ -53,6 +56,7 @@ __all__ = [
     "fetch_wheel",
     "licence_text",
     "read_tile",
+    "region",
     "split_tiles",
 ]
 
@@ -63,11 +67,14 @@ DATA_PREFIX = "deepforest/data/"
 LICENSE_MEMBER = "deepforest-2.1.0.dist-info/licenses/LICENSE"
 CLASS_NAMES = ("tree",)
 
-#: split -> tile names (each ``<name>.png`` + ``<name>.xml`` in ``deepforest/data/``)
-SPLITS: dict[str, tuple[str, ...]] = {
-    "train": ("2019_YELL_2_528000_4978000_image_crop2",),
-    "val": ("2019_YELL_2_541000_4977000_image_crop",),
-    "test": ("OSBS_029", "SOAP_061"),
+YELL_TILES = ("2019_YELL_2_528000_4978000_image_crop2", "2019_YELL_2_541000_4977000_image_crop")
+#: split -> regions: (tile name, first and end column as fractions of the tile's width); each
+#: tile is ``<name>.png`` + ``<name>.xml`` in ``deepforest/data/``
+SPLITS: dict[str, tuple[tuple[str, float, float], ...]] = {
+    "train": tuple((name, 0.0, 0.6) for name in YELL_TILES),
+    "val": tuple((name, 0.6, 0.8) for name in YELL_TILES),
+    "test": tuple((name, 0.8, 1.0) for name in YELL_TILES),
+    "transfer": (("OSBS_029", 0.0, 1.0), ("SOAP_061", 0.0, 1.0)),
 }
 SITES = {
     "YELL": "Yellowstone, Wyoming",
@@ -208,11 +215,33 @@ def read_tile(wheel: Path, name: str) -> Tile:
     return Tile(name, image, boxes, labels)
 
 
+def region(tile: Tile, start: float, end: float) -> Tile:
+    """The columns ``[round(start W), round(end W))`` of ``tile`` and the crowns whose box centre
+    lies in them, shifted to the strip and clipped at its edges. The whole tile (0, 1) is the
+    tile itself; a strip is named ``<tile>[c0:c1]`` (its pixel columns)."""
+    if (start, end) == (0.0, 1.0):
+        return tile
+    width = tile.size[1]
+    c0, c1 = round(start * width), round(end * width)
+    centre = (tile.boxes[:, 0] + tile.boxes[:, 2]) / 2
+    keep = (centre >= c0) & (centre < c1)
+    boxes = tile.boxes[keep] - np.array([c0, 0, c0, 0], np.float32)
+    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, c1 - c0)
+    image = np.ascontiguousarray(tile.image[:, c0:c1])
+    image.setflags(write=False)
+    boxes.setflags(write=False)
+    labels = tuple(label for label, k in zip(tile.source_labels, keep.tolist(), strict=True) if k)
+    return Tile(f"{tile.name}[{c0}:{c1}]", image, boxes.astype(np.float32), labels)
+
+
 def split_tiles(wheel: Path, split: str) -> tuple[Tile, ...]:
-    """The tiles of ``"train"``, ``"val"`` or ``"test"`` (:data:`SPLITS`)."""
+    """The images of ``"train"``, ``"val"``, ``"test"`` or ``"transfer"`` (:data:`SPLITS`):
+    strips of the Yellowstone tiles, whole tiles of the other sites."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {sorted(SPLITS)}, got {split!r}")
-    return tuple(read_tile(Path(wheel), name) for name in SPLITS[split])
+    return tuple(
+        region(read_tile(Path(wheel), name), start, end) for name, start, end in SPLITS[split]
+    )
 
 
 def licence_text(wheel: Path) -> str:
@@ -274,13 +303,14 @@ def provenance(wheel: Path) -> dict:
             split: [
                 {
                     "tile": tile.name,
+                    "columns": f"{start:.0%}-{end:.0%}",
                     "site": SITES.get(tile.site, tile.site),
                     "height": tile.size[0],
                     "width": tile.size[1],
                     "boxes": len(tile.boxes),
                     "labels": sorted(set(tile.source_labels)),
                 }
-                for tile in group
+                for tile, (_, start, end) in zip(group, SPLITS[split], strict=True)
             ]
             for split, group in tiles.items()
         },

@@ -1,26 +1,32 @@
 """Study 3: tree crowns in real aerial photographs (NEON, from the DeepForest wheel), one
 class, evaluated with pycocotools' COCOeval on the original annotations.
 
-Data (:mod:`.neon`): training on random crops of one Yellowstone tile, validation on another
-Yellowstone tile (the plateau rule's yardstick), test on OSBS_029 and SOAP_061 (two other
-sites). Images are resampled by ``scale`` (a 2 x 2 box filter at 0.5: 20 cm per pixel) before
-the detector sees them; predicted boxes are scaled back, so COCOeval compares them with the
-annotation files' own numbers. Training crops (``patch`` pixels after scaling) are drawn from
-the training tile at random positions with a random rotation by a multiple of 90 degrees and a
-random flip (aerial views have no up), from a generator seeded by the run's seed; a crown cut
-by the crop's border is kept (clipped) when at least half of its box is inside, else dropped.
+Data (:mod:`.neon`): the two Yellowstone tiles cut into strips by column, the left 60 % of
+each for training, the next 20 % for validation (the plateau rule's yardstick), the right
+20 % for the test; OSBS_029 and SOAP_061 (two other sites) as a transfer test. Images are
+resampled by ``scale`` (a 2 x 2 box filter at 0.5: 20 cm per pixel) before the detector sees
+them; predicted boxes are scaled back, so COCOeval compares them with the annotation files'
+own numbers. Training crops (``patch`` pixels after scaling) are drawn from the training
+strips (a strip chosen in proportion to its area) at random positions with a random rotation
+by a multiple of 90 degrees and a random flip (aerial views have no up), from a generator
+seeded by the run's seed; a crown cut by the crop's border is kept (clipped) when at least
+half of its box is inside, else dropped.
 
 Detector: the demo's :class:`~.model.TinyRetinaNet` (the same code as Study 2, one class,
 anchors sized for crowns), or, with ``detector="torchvision"`` (the ``full`` preset, when
 torchvision imports), torchvision's ``RetinaNet`` on a ResNet-18 FPN backbone without
 pretrained weights, its losses replaced through :func:`focalkit.integrations.torchvision.
 set_losses`. Losses and their settings are Study 2's (:class:`.study._Criterion`); training
-is :func:`.train.train_with_plateau` with validation AP as the yardstick.
+is :func:`.train.train_with_plateau` with validation AP50 as the yardstick. The tiny
+detector sees at inference what it saw in training: windows of ``patch`` pixels (overlapping
+by a quarter), their detections merged by NMS; its GroupNorm statistics would otherwise be
+taken over a whole strip instead of a crop.
 
 Record (:func:`run_trees`): ``metrics`` (COCO AP, AP50, AP75, AP_small, AP_medium, AP_large on
-both test images, then ``AP_OSBS`` and ``AP_SOAP`` per site), ``validation``, ``steps``,
-``curve``, ``examples`` (each test image's predictions with score >= ``example_score`` and its
-true boxes, in the PNG's pixels), ``annotations`` (the test ground truth written as COCO json,
+the test strips; ``AP_transfer``, ``AP50_transfer`` on the other sites' images and
+``AP50_OSBS``, ``AP50_SOAP`` per site), ``validation``, ``steps``, ``curve``, ``examples``
+(each test and transfer image's predictions with score >= ``example_score`` and its true
+boxes, in the image's pixels), ``annotations`` (the test ground truth written as COCO json,
 relative to ``workdir``), ``time_s``.
 """
 
@@ -39,7 +45,7 @@ from torch import Tensor, nn
 
 from ..plateau import PlateauRule
 from . import neon
-from .boxes import grid_anchors
+from .boxes import grid_anchors, nms
 from .evaluate import coco_evaluate, postprocess
 from .model import TinyRetinaNet
 from .study import STRIDES, _check_losses, _Criterion, _Targets, assign_boxes
@@ -87,7 +93,7 @@ class TreesSetting:
     patience: int = 3
     min_delta: float = 0.005
     min_steps: int = 400
-    max_steps: int = 1000  # the reduced CPU budget: the runs usually end here, still improving
+    max_steps: int = 1500  # the reduced CPU budget
     # losses (as in Study 2)
     box_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     smooth_l1_beta: float = 1 / 9
@@ -271,29 +277,58 @@ def _anchors(setting: TreesSetting, height: int, width: int) -> tuple[Tensor, li
 # --------------------------------------------------------------------------------------------
 
 
+def _windows(length: int, size: int) -> list[int]:
+    """Start offsets of windows of ``size`` covering ``length`` with a quarter's overlap."""
+    step = max(1, (3 * size) // 4)
+    starts = list(range(0, max(1, length - size + 1), step))
+    if starts[-1] + size < length:
+        starts.append(length - size)
+    return starts
+
+
 @torch.no_grad()
 def _detect_tiny(
     model: nn.Module, image: np.ndarray, setting: TreesSetting
 ) -> tuple[Tensor, Tensor]:
-    """Boxes (in the scaled image's pixels) and scores of one image."""
+    """Boxes (in the scaled image's pixels) and scores of one image: the detections of every
+    ``patch``-pixel window (the training crops' size; the image is zero-padded to at least
+    one window), shifted to the image and merged by NMS."""
     height, width = image.shape[:2]
-    padded = _pad(image[None], STRIDES[-1])
-    anchors, level_sizes = _anchors(setting, padded.shape[1], padded.shape[2])
+    size = setting.patch
+    padded = np.pad(image, ((0, max(0, size - height)), (0, max(0, size - width)), (0, 0)))
+    corners = [
+        (y, x) for y in _windows(padded.shape[0], size) for x in _windows(padded.shape[1], size)
+    ]
+    anchors, level_sizes = _anchors(setting, size, size)
     device = next(model.parameters()).device
-    logits, deltas = model(_to_input(padded, device))
-    boxes, scores, _labels = postprocess(
-        logits[0].cpu(),
-        deltas[0].cpu(),
-        anchors,
-        level_sizes,
-        image_size=(height, width),
-        box_weights=setting.box_weights,
-        score_thresh=setting.score_thresh,
-        pre_nms_topk=setting.pre_nms_topk,
-        nms_iou=setting.nms_iou,
-        max_detections=setting.max_detections,
+    boxes, scores = [], []
+    for first in range(0, len(corners), setting.batch_size):
+        batch = corners[first : first + setting.batch_size]
+        crops = np.stack([padded[y : y + size, x : x + size] for y, x in batch])
+        logits, deltas = model(_to_input(crops, device))
+        for k, (y, x) in enumerate(batch):
+            found, score, _labels = postprocess(
+                logits[k].cpu(),
+                deltas[k].cpu(),
+                anchors,
+                level_sizes,
+                image_size=size,
+                box_weights=setting.box_weights,
+                score_thresh=setting.score_thresh,
+                pre_nms_topk=setting.pre_nms_topk,
+                nms_iou=setting.nms_iou,
+                max_detections=setting.max_detections,
+            )
+            boxes.append(found + torch.tensor([x, y, x, y], dtype=found.dtype))
+            scores.append(score)
+    all_boxes = torch.minimum(
+        torch.cat(boxes), torch.tensor([width, height, width, height], dtype=torch.float32)
     )
-    return boxes, scores
+    all_scores = torch.cat(scores)
+    top = all_scores.topk(min(len(all_scores), 4 * setting.max_detections)).indices
+    all_boxes, all_scores = all_boxes[top], all_scores[top]
+    keep = nms(all_boxes, all_scores, setting.nms_iou)[: setting.max_detections]
+    return all_boxes[keep], all_scores[keep]
 
 
 def _coco_results(found: Sequence[tuple[Tensor, Tensor]], scale: float) -> list[dict]:
@@ -312,10 +347,11 @@ def _coco_results(found: Sequence[tuple[Tensor, Tensor]], scale: float) -> list[
 
 
 def annotation_files(wheel: pathlib.Path, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
-    """The validation and test ground truth as COCO json (written once, atomically)."""
+    """The validation, test and transfer ground truth as COCO json (written once,
+    atomically; the file name says which split version it holds)."""
     paths = {}
-    for split in ("val", "test"):
-        path = workdir / f"neon-{split}.json"
+    for split in ("val", "test", "transfer"):
+        path = workdir / f"neon-{split}-strips.json"
         if not path.exists():
             neon.write_json(path, neon.coco_dict(neon.split_tiles(wheel, split), split))
         paths[split] = path
@@ -438,13 +474,16 @@ def _run(
     progress: Callable[[int, int], object] | None,
 ) -> dict:
     files = annotation_files(wheel, workdir)
-    (train_tile,) = neon.split_tiles(wheel, "train")
-    (val_tile,) = neon.split_tiles(wheel, "val")
+    train_tiles = neon.split_tiles(wheel, "train")
+    val_tiles = neon.split_tiles(wheel, "val")
     test_tiles = neon.split_tiles(wheel, "test")
-    train_image = scaled_image(train_tile, setting.scale)
-    train_boxes = train_tile.boxes * np.float32(setting.scale)
-    val_image = scaled_image(val_tile, setting.scale)
+    transfer_tiles = neon.split_tiles(wheel, "transfer")
+    train_images = [scaled_image(tile, setting.scale) for tile in train_tiles]
+    train_boxes = [tile.boxes * np.float32(setting.scale) for tile in train_tiles]
+    areas = np.array([image.shape[0] * image.shape[1] for image in train_images], np.float64)
+    val_images = [scaled_image(tile, setting.scale) for tile in val_tiles]
     test_images = [scaled_image(tile, setting.scale) for tile in test_tiles]
+    transfer_images = [scaled_image(tile, setting.scale) for tile in transfer_tiles]
 
     torch.manual_seed(seed)
     num_anchors = len(setting.anchor_scales) * len(setting.anchor_ratios)
@@ -467,8 +506,9 @@ def _run(
     def sample() -> tuple[np.ndarray, list[np.ndarray]]:
         images, boxes = [], []
         for _ in range(setting.batch_size):
+            strip = int(rng.choice(len(train_images), p=areas / areas.sum()))
             crop, crop_boxes = random_crop(
-                train_image, train_boxes, setting.patch, rng, setting.min_visible
+                train_images[strip], train_boxes[strip], setting.patch, rng, setting.min_visible
             )
             crop, crop_boxes = augment(
                 crop, crop_boxes, int(rng.integers(4)), bool(rng.integers(2))
@@ -506,9 +546,11 @@ def _run(
         return _detect_torchvision(net, image)
 
     def validate(net: nn.Module) -> float:
-        found = [detect(net, val_image)]
+        found = [detect(net, image) for image in val_images]
         results = _coco_results(found, setting.scale)
-        return coco_evaluate(files["val"], results, max_detections=setting.max_detections)["AP"]
+        return coco_evaluate(files["val"], results, max_detections=setting.max_detections, stats=2)[
+            "AP50"
+        ]
 
     result = train_with_plateau(
         model,
@@ -525,22 +567,30 @@ def _run(
     model.eval()
     found = [detect(model, image) for image in test_images]
     results = _coco_results(found, setting.scale)
-    metrics = coco_evaluate(files["test"], results, stats=6)
-    for image_id, tile in enumerate(test_tiles, start=1):
-        metrics[f"AP_{tile.site}"] = coco_evaluate(files["test"], results, image_ids=[image_id])[
-            "AP"
-        ]
+    metrics = coco_evaluate(files["test"], results, stats=6, max_detections=setting.max_detections)
+    far = [detect(model, image) for image in transfer_images]
+    far_results = _coco_results(far, setting.scale)
+    transfer = coco_evaluate(files["transfer"], far_results, stats=2)
+    metrics["AP_transfer"], metrics["AP50_transfer"] = transfer["AP"], transfer["AP50"]
+    for image_id, tile in enumerate(transfer_tiles, start=1):
+        metrics[f"AP50_{tile.site}"] = coco_evaluate(
+            files["transfer"], far_results, image_ids=[image_id], stats=2
+        )["AP50"]
     examples = []
-    for tile, (boxes, scores) in zip(test_tiles, found, strict=True):
-        keep = scores >= setting.example_score
-        pred = [
-            [round(v, 1) for v in box] + [round(score, 4), 0]
-            for box, score in zip(
-                (boxes[keep] / setting.scale).tolist(), scores[keep].tolist(), strict=True
-            )
-        ]
-        true = [[round(float(v), 1) for v in box] + [0] for box in tile.boxes]
-        examples.append({"tile": tile.name, "pred": pred, "true": true})
+    for split, tiles, detections in (
+        ("test", test_tiles, found),
+        ("transfer", transfer_tiles, far),
+    ):
+        for tile, (boxes, scores) in zip(tiles, detections, strict=True):
+            keep = scores >= setting.example_score
+            pred = [
+                [round(v, 1) for v in box] + [round(score, 4), 0]
+                for box, score in zip(
+                    (boxes[keep] / setting.scale).tolist(), scores[keep].tolist(), strict=True
+                )
+            ]
+            true = [[round(float(v), 1) for v in box] + [0] for box in tile.boxes]
+            examples.append({"tile": tile.name, "split": split, "pred": pred, "true": true})
     return {
         "study": "trees",
         "detector": detector,
