@@ -169,9 +169,9 @@ def test_tiled_detection_equals_the_window_detections_shifted(wheel):
         image_size=setting.patch,
         box_weights=setting.box_weights,
         score_thresh=setting.score_thresh,
-        pre_nms_topk=setting.pre_nms_topk,
+        pre_nms_topk=setting.window_detections,
         nms_iou=setting.nms_iou,
-        max_detections=setting.max_detections,
+        max_detections=setting.window_detections,
     )
     assert len(scores) > 10
     torch.testing.assert_close(scores, ref_scores)
