@@ -80,6 +80,33 @@ def test_rule_checks_its_arguments():
     assert "every 100 steps" in RULE.describe("AP")
 
 
+def test_rule_of_a_setting_and_of_its_record_agree():
+    """Each study's setting and the setting recorded in its JSON give the same rule; a record
+    missing a field raises KeyError (the report then says "not recorded")."""
+    from focalkit.demo.classification import classification_setting
+    from focalkit.demo.detection.study import detection_setting
+    from focalkit.demo.detection.trees import trees_setting
+
+    for setting in (
+        classification_setting("default"),
+        detection_setting("default"),
+        trees_setting("default"),
+    ):
+        rule = setting.plateau_rule()
+        assert rule == PlateauRule.of(dataclasses.asdict(setting))
+        assert (rule.eval_every, rule.patience, rule.min_delta, rule.min_steps, rule.max_steps) == (
+            setting.eval_every,
+            setting.patience,
+            setting.min_delta,
+            setting.min_steps,
+            setting.max_steps,
+        )
+    recorded = dataclasses.asdict(trees_setting("default"))
+    del recorded["min_delta"]
+    with pytest.raises(KeyError, match="min_delta"):
+        PlateauRule.of(recorded)
+
+
 # --------------------------------------------------------------------------------------------
 # an interrupted parallel demo
 # --------------------------------------------------------------------------------------------

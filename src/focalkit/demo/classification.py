@@ -94,13 +94,7 @@ class ClassificationSetting:
     poly1_epsilon: float = 1.0
 
     def plateau_rule(self) -> PlateauRule:
-        return PlateauRule(
-            eval_every=self.eval_every,
-            patience=self.patience,
-            min_delta=self.min_delta,
-            min_steps=self.min_steps,
-            max_steps=self.max_steps,
-        )
+        return PlateauRule.of(self)
 
 
 _PRESETS: dict[str, dict] = {

@@ -17,7 +17,9 @@ the one evaluated on the test set. The rule sees nothing but the validation valu
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Plateau", "PlateauRule"]
 
@@ -46,6 +48,16 @@ class PlateauRule:
             )
         if not self.min_delta >= 0:
             raise ValueError(f"min_delta: expected a number >= 0, got {self.min_delta!r}")
+
+    @classmethod
+    def of(cls, setting: Mapping[str, Any] | object) -> PlateauRule:
+        """The rule a study's setting holds in its ``eval_every``, ``patience``,
+        ``min_delta``, ``min_steps`` and ``max_steps``: a setting object, or a recorded
+        setting (a mapping; a missing field raises ``KeyError``)."""
+        names = ("eval_every", "patience", "min_delta", "min_steps", "max_steps")
+        if isinstance(setting, Mapping):
+            return cls(**{name: setting[name] for name in names})
+        return cls(**{name: getattr(setting, name) for name in names})
 
     def describe(self, yardstick: str) -> str:
         """The rule in one sentence, for the report."""

@@ -282,13 +282,7 @@ def _rule_text(setting: dict, yardstick: str) -> str:
     from .plateau import PlateauRule
 
     try:
-        rule = PlateauRule(
-            eval_every=setting["eval_every"],
-            patience=setting["patience"],
-            min_delta=setting["min_delta"],
-            min_steps=setting["min_steps"],
-            max_steps=setting["max_steps"],
-        )
+        rule = PlateauRule.of(setting)
     except (KeyError, ValueError):
         return "(not recorded)"
     return rule.describe(yardstick)

@@ -212,13 +212,7 @@ class DetectionSetting:
         )
 
     def plateau_rule(self) -> PlateauRule:
-        return PlateauRule(
-            eval_every=self.eval_every,
-            patience=self.patience,
-            min_delta=self.min_delta,
-            min_steps=self.min_steps,
-            max_steps=self.max_steps,
-        )
+        return PlateauRule.of(self)
 
 
 _PRESETS: dict[str, dict[str, Any]] = {

@@ -115,13 +115,7 @@ class TreesSetting:
     )
 
     def plateau_rule(self) -> PlateauRule:
-        return PlateauRule(
-            eval_every=self.eval_every,
-            patience=self.patience,
-            min_delta=self.min_delta,
-            min_steps=self.min_steps,
-            max_steps=self.max_steps,
-        )
+        return PlateauRule.of(self)
 
 
 _ALL_CLS = ("bce", "alpha_bce", "focal", "ghmc", "qfl", "vfl")
@@ -482,6 +476,7 @@ def _run(
     train_images = [scaled_image(tile, setting.scale) for tile in train_tiles]
     train_boxes = [tile.boxes * np.float32(setting.scale) for tile in train_tiles]
     areas = np.array([image.shape[0] * image.shape[1] for image in train_images], np.float64)
+    strip_weights = areas / areas.sum()  # a training crop's strip, in proportion to its area
     val_images = [scaled_image(tile, setting.scale) for tile in val_tiles]
     test_images = [scaled_image(tile, setting.scale) for tile in test_tiles]
     transfer_images = [scaled_image(tile, setting.scale) for tile in transfer_tiles]
@@ -507,7 +502,7 @@ def _run(
     def sample() -> tuple[np.ndarray, list[np.ndarray]]:
         images, boxes = [], []
         for _ in range(setting.batch_size):
-            strip = int(rng.choice(len(train_images), p=areas / areas.sum()))
+            strip = int(rng.choice(len(train_images), p=strip_weights))
             crop, crop_boxes = random_crop(
                 train_images[strip], train_boxes[strip], setting.patch, rng, setting.min_visible
             )
