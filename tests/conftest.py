@@ -270,3 +270,15 @@ DEGENERATE_BOXES = {
 # Two zero-area boxes that overlap along a segment: the float32 gradient of IoU there is
 # ~ length / eps (1e7 scale), finite in float32/bfloat16 but beyond float16's range.
 FP16_OVERFLOW = {"zero_width_both", "zero_height_both_identical"}
+
+
+@pytest.fixture(scope="session")
+def wheel():
+    """The deepforest wheel holding Study 3's NEON images (fetched once into the cache); the
+    test is skipped where it cannot be had."""
+    from focalkit.demo.detection import neon
+
+    try:
+        return neon.fetch_wheel()
+    except neon.DataUnavailable as exc:
+        pytest.skip(f"the tree-crown data is not available here: {exc}")

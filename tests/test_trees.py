@@ -25,14 +25,6 @@ COUNTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def wheel():
-    try:
-        return neon.fetch_wheel()
-    except neon.DataUnavailable as exc:
-        pytest.skip(f"the tree-crown data is not available here: {exc}")
-
-
 def _xml_boxes(text: str) -> list[list[float]]:
     """The <bndbox> numbers of a VOC file, read with a regular expression (not the loader's
     parser)."""

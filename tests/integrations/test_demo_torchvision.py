@@ -15,16 +15,8 @@ import_stack("torchvision.models.detection")
 pytest.importorskip("PIL")
 pytest.importorskip("pycocotools")
 
-from focalkit.demo.detection import neon, trees  # noqa: E402
+from focalkit.demo.detection import trees  # noqa: E402
 from focalkit.integrations import torchvision as fk_tv  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def wheel():
-    try:
-        return neon.fetch_wheel()
-    except neon.DataUnavailable as exc:
-        pytest.skip(f"the tree-crown data is not available here: {exc}")
 
 
 def tiny_setting() -> trees.TreesSetting:
