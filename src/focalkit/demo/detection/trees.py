@@ -243,14 +243,6 @@ def augment(
     return np.ascontiguousarray(image), out.astype(np.float32)
 
 
-def _pad(images: np.ndarray, multiple: int) -> np.ndarray:
-    height, width = images.shape[1:3]
-    ph, pw = -height % multiple, -width % multiple
-    if ph == 0 and pw == 0:
-        return images
-    return np.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0)))
-
-
 def _to_input(images: np.ndarray, device: torch.device) -> Tensor:
     x = torch.tensor(np.ascontiguousarray(images), device=device).permute(0, 3, 1, 2).float()
     return ((x / 255.0 - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
